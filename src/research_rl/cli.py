@@ -1,0 +1,187 @@
+"""The `research-rl` command line: one subcommand per stage of the DAG (DESIGN.md section 1).
+
+Snakemake rules and dvc.yaml stages only call these. Imports are lazy so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="research-rl: train language models to reason with search (ReSearch), stage by stage.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+retriever_app = typer.Typer(help="The retriever service.", no_args_is_help=True)
+app.add_typer(retriever_app, name="retriever")
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="Pipeline config (validated against config/schemas).")
+]
+DEFAULT_CONFIG = Path("config/config.yaml")
+
+
+def _load(config: Path) -> dict[str, Any]:
+    from research_rl.config import ConfigError, load_config
+
+    # Hub access is impossible in the embedded default and unwanted in reproductions: use local files.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return load_config(config)
+    except ConfigError as error:
+        typer.secho(str(error), fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from error
+
+
+def _stage(name: str, help_text: str):
+    """Register a command under its dashed name and, hidden, under the DAG's underscored stage name."""
+
+    def register(func):
+        app.command(name=name, help=help_text)(func)
+        if "-" in name:
+            app.command(name=name.replace("-", "_"), help=help_text, hidden=True)(func)
+        return func
+
+    return register
+
+
+@_stage("validate-config", "Validate a config file against the schema and exit.")
+def validate_config_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    cfg = _load(config)
+    typer.echo(f"{config}: valid ({cfg['name']}, {len(cfg['models'])} model(s))")
+
+
+@_stage("toyworld", "Generate the embedded default's toy world (corpus and raw benchmark files).")
+def toyworld_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    from research_rl.data import toyworld
+
+    cfg = _load(config)
+    if "toyworld" not in cfg:
+        typer.secho(f"{config} has no `toyworld` section: nothing to generate", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    toyworld.run(cfg)
+
+
+@_stage("download-corpus", "Download the retrieval corpus and write it in FlashRAG format.")
+def download_corpus_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    from research_rl.data import download
+
+    download.run_download_corpus(_load(config))
+
+
+@_stage("download-qa", "Download the benchmarks' raw files as their publishers ship them.")
+def download_qa_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    from research_rl.data import download
+
+    download.run_download_qa(_load(config))
+
+
+@_stage("normalize-qa", "Parse each benchmark's raw files into FlashRAG dataset jsonl.")
+def normalize_qa_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    from research_rl.data import normalize
+
+    normalize.run(_load(config))
+
+
+@_stage("build-base-model", "Build and warm up the embedded default's tiny Qwen2-shaped model.")
+def build_base_model_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    from research_rl.model import base_model
+
+    cfg = _load(config)
+    if "base_model" not in cfg:
+        typer.secho(f"{config} has no `base_model` section: nothing to build", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    base_model.run(cfg)
+
+
+@_stage("prepare-train", "Render MuSiQue train/dev into the trainer's parquet, one set per model entry.")
+def prepare_train_cmd(
+    config: ConfigOption = DEFAULT_CONFIG,
+    model: Annotated[str | None, typer.Option(help="One model entry; default: all.")] = None,
+) -> None:
+    from research_rl.data import prepare_train
+
+    prepare_train.run(_load(config), model_name=model)
+
+
+@_stage("build-index", "Embed or tokenize the corpus and build the search index.")
+def build_index_cmd(
+    config: ConfigOption = DEFAULT_CONFIG,
+    kind: Annotated[str | None, typer.Option(help="dense or bm25; default: retriever.kind.")] = None,
+) -> None:
+    from research_rl.retrieval import index
+
+    index.run(_load(config), kind=kind)
+
+
+@retriever_app.command("serve", help="Serve the config's index over HTTP (ReSearch and Search-R1 APIs).")
+def retriever_serve_cmd(
+    config: ConfigOption = DEFAULT_CONFIG,
+    host: Annotated[str | None, typer.Option(help="Bind address; default retriever.server.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one.")] = None,
+) -> None:
+    from research_rl.retrieval import server
+
+    server.serve(_load(config), host=host, port=port)
+
+
+@_stage("train-grpo", "GRPO-train one model entry with multi-turn search rollouts.")
+def train_grpo_cmd(
+    config: ConfigOption = DEFAULT_CONFIG,
+    model: Annotated[str, typer.Option(help="Name of an entry of `models:`.")] = ...,
+) -> None:
+    from research_rl.training import grpo
+
+    grpo.run(_load(config), model_name=model)
+
+
+@_stage("evaluate", "Evaluate one (model, benchmark, method) cell; resumable.")
+def evaluate_cmd(
+    config: ConfigOption = DEFAULT_CONFIG,
+    model: Annotated[str, typer.Option(help="Name of an entry of `models:`.")] = ...,
+    benchmark: Annotated[str, typer.Option(help="hotpotqa, 2wikimultihopqa, musique or bamboogle.")] = ...,
+    method: Annotated[str, typer.Option(help="zero_shot, naive_rag, iter_retgen, ircot or research.")] = ...,
+) -> None:
+    from research_rl.evaluation import evaluate
+
+    evaluate.run(_load(config), model=model, benchmark=benchmark, method=method)
+
+
+@_stage("report", "Render the paper's tables and the figures through the report notebook.")
+def report_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    from research_rl import report
+
+    report.run(_load(config))
+
+
+@_stage("dvc-yaml", "Write dvc.yaml and params from the same plan as the Snakefile.")
+def dvc_yaml_cmd(
+    config: ConfigOption = DEFAULT_CONFIG,
+    output: Annotated[Path, typer.Option(help="Where to write.")] = Path("dvc.yaml"),
+    check: Annotated[bool, typer.Option(help="Fail if the file differs instead of writing.")] = False,
+) -> None:
+    from research_rl import workflow
+
+    cfg = _load(config)
+    if check:
+        if not workflow.dvc_yaml_is_current(cfg, output):
+            typer.secho(f"{output} is out of date: run `research-rl dvc-yaml`", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=1)
+        typer.echo(f"{output} is current")
+        return
+    workflow.write_dvc_yaml(cfg, output)
+
+
+def main() -> None:
+    app(prog_name="research-rl")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
