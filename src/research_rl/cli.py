@@ -60,9 +60,9 @@ def validate_config_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
 
 @_stage("toyworld", "Generate the embedded default's toy world (corpus and raw benchmark files).")
 def toyworld_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    cfg = _load(config)
     from research_rl.data import toyworld
 
-    cfg = _load(config)
     if "toyworld" not in cfg:
         typer.secho(f"{config} has no `toyworld` section: nothing to generate", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
@@ -71,30 +71,33 @@ def toyworld_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
 
 @_stage("download-corpus", "Download the retrieval corpus and write it in FlashRAG format.")
 def download_corpus_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    cfg = _load(config)
     from research_rl.data import download
 
-    download.run_download_corpus(_load(config))
+    download.run_download_corpus(cfg)
 
 
 @_stage("download-qa", "Download the benchmarks' raw files as their publishers ship them.")
 def download_qa_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    cfg = _load(config)
     from research_rl.data import download
 
-    download.run_download_qa(_load(config))
+    download.run_download_qa(cfg)
 
 
 @_stage("normalize-qa", "Parse each benchmark's raw files into FlashRAG dataset jsonl.")
 def normalize_qa_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    cfg = _load(config)
     from research_rl.data import normalize
 
-    normalize.run(_load(config))
+    normalize.run(cfg)
 
 
 @_stage("build-base-model", "Build and warm up the embedded default's tiny Qwen2-shaped model.")
 def build_base_model_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    cfg = _load(config)
     from research_rl.model import base_model
 
-    cfg = _load(config)
     if "base_model" not in cfg:
         typer.secho(f"{config} has no `base_model` section: nothing to build", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
@@ -106,9 +109,10 @@ def prepare_train_cmd(
     config: ConfigOption = DEFAULT_CONFIG,
     model: Annotated[str | None, typer.Option(help="One model entry; default: all.")] = None,
 ) -> None:
+    cfg = _load(config)
     from research_rl.data import prepare_train
 
-    prepare_train.run(_load(config), model_name=model)
+    prepare_train.run(cfg, model_name=model)
 
 
 @_stage("build-index", "Embed or tokenize the corpus and build the search index.")
@@ -116,9 +120,10 @@ def build_index_cmd(
     config: ConfigOption = DEFAULT_CONFIG,
     kind: Annotated[str | None, typer.Option(help="dense or bm25; default: retriever.kind.")] = None,
 ) -> None:
+    cfg = _load(config)
     from research_rl.retrieval import index
 
-    index.run(_load(config), kind=kind)
+    index.run(cfg, kind=kind)
 
 
 @retriever_app.command("serve", help="Serve the config's index over HTTP (ReSearch and Search-R1 APIs).")
@@ -127,9 +132,10 @@ def retriever_serve_cmd(
     host: Annotated[str | None, typer.Option(help="Bind address; default retriever.server.host.")] = None,
     port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one.")] = None,
 ) -> None:
+    cfg = _load(config)
     from research_rl.retrieval import server
 
-    server.serve(_load(config), host=host, port=port)
+    server.serve(cfg, host=host, port=port)
 
 
 @_stage("train-grpo", "GRPO-train one model entry with multi-turn search rollouts.")
@@ -137,9 +143,10 @@ def train_grpo_cmd(
     config: ConfigOption = DEFAULT_CONFIG,
     model: Annotated[str, typer.Option(help="Name of an entry of `models:`.")] = ...,
 ) -> None:
+    cfg = _load(config)
     from research_rl.training import grpo
 
-    grpo.run(_load(config), model_name=model)
+    grpo.run(cfg, model_name=model)
 
 
 @_stage("evaluate", "Evaluate one (model, benchmark, method) cell; resumable.")
@@ -149,16 +156,18 @@ def evaluate_cmd(
     benchmark: Annotated[str, typer.Option(help="hotpotqa, 2wikimultihopqa, musique or bamboogle.")] = ...,
     method: Annotated[str, typer.Option(help="zero_shot, naive_rag, iter_retgen, ircot or research.")] = ...,
 ) -> None:
+    cfg = _load(config)
     from research_rl.evaluation import evaluate
 
-    evaluate.run(_load(config), model=model, benchmark=benchmark, method=method)
+    evaluate.run(cfg, model=model, benchmark=benchmark, method=method)
 
 
 @_stage("report", "Render the paper's tables and the figures through the report notebook.")
 def report_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    cfg = _load(config)
     from research_rl import report
 
-    report.run(_load(config))
+    report.run(cfg)
 
 
 @_stage("dvc-yaml", "Write dvc.yaml and params from the same plan as the Snakefile.")
@@ -167,9 +176,9 @@ def dvc_yaml_cmd(
     output: Annotated[Path, typer.Option(help="Where to write.")] = Path("dvc.yaml"),
     check: Annotated[bool, typer.Option(help="Fail if the file differs instead of writing.")] = False,
 ) -> None:
+    cfg = _load(config)
     from research_rl import workflow
 
-    cfg = _load(config)
     if check:
         if not workflow.dvc_yaml_is_current(cfg, output):
             typer.secho(f"{output} is out of date: run `research-rl dvc-yaml`", fg=typer.colors.RED, err=True)

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Command 2: set up, then lint and run the test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PATH="$PWD/.venv/bin:$PATH"
+ruff check src tests benchmarks
+exec python -m pytest -q -p no:cacheprovider "$@"
