@@ -1,0 +1,131 @@
+"""A retriever for a job: a shared service named by the config, one started for the job, or in-process.
+
+The started service is a child process (`python -m research_rl.retrieval.server`) that is always
+stopped on the way out, exceptions included, and that also dies with its parent on Linux, so a
+training or evaluation job never leaves an orphan server holding a 60 GB index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from research_rl.retrieval.client import HttpSearchClient, InProcessSearchClient, SearchClient, http_client_from_config
+from research_rl.retrieval.searcher import load_searcher
+from research_rl.retrieval.server import PARENT_PID_ENV
+
+MODES = ("auto", "in_process")
+STARTUP_TIMEOUT_SECONDS = 600.0  # loading a wiki-scale index takes minutes
+STOP_TIMEOUT_SECONDS = 15.0
+CONFIG_PATH_KEY = "_config_path"  # added by research_rl.config.load_config; not part of the schema
+
+
+def _read_url(stdout: IO[str], process: subprocess.Popen, timeout: float) -> str:
+    """The URL the server prints when ready; stdout is drained afterwards so the child never blocks."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if line is None:
+            raise RuntimeError(f"the retriever service exited with code {process.wait()} before it was ready")
+        if line.startswith("http://"):
+            return line.strip()
+    raise TimeoutError(f"the retriever service printed no URL within {timeout} s")
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the retriever service exited with code {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=5).json().get("status") == "healthy":
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"the retriever service at {url} was not healthy within {timeout} s")
+
+
+def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """SIGTERM (graceful), then SIGKILL after `timeout`; always reaps the child."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def start_service(cfg: dict[str, Any], startup_timeout: float = STARTUP_TIMEOUT_SECONDS) -> Iterator[str]:
+    """Run the service on 127.0.0.1 and a free port as a child process; yield its URL; always stop it."""
+    with tempfile.TemporaryDirectory(prefix="retriever-") as tmp:
+        config_file = Path(tmp) / "config.json"  # JSON is YAML, so load_config reads it
+        config_file.write_text(json.dumps({k: v for k, v in cfg.items() if k != CONFIG_PATH_KEY}))
+        command = [
+            sys.executable,
+            "-m",
+            "research_rl.retrieval.server",
+            "--config",
+            str(config_file),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ]
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, text=True, env={**os.environ, PARENT_PID_ENV: str(os.getpid())}
+        )
+        try:
+            assert process.stdout is not None
+            url = _read_url(process.stdout, process, startup_timeout)
+            _wait_healthy(url, process, startup_timeout)
+            yield url
+        finally:
+            stop_process(process)
+
+
+@contextlib.contextmanager
+def retriever_for_job(cfg: dict[str, Any], mode: str = "auto") -> Iterator[SearchClient]:
+    """A SearchClient for one job.
+
+    mode "auto": the shared service at retriever.server.url when set, else a service started for this
+    job and stopped after it. mode "in_process": load the index here and search it directly.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown retriever mode {mode!r}: use one of {', '.join(MODES)}")
+    if mode == "in_process":
+        yield InProcessSearchClient(load_searcher(cfg))
+        return
+    url = cfg["retriever"]["server"].get("url")
+    if url:
+        with http_client_from_config(cfg, url) as client:
+            yield client
+        return
+    with start_service(cfg) as url, http_client_from_config(cfg, url) as client:
+        yield client
+
+
+__all__ = ["HttpSearchClient", "retriever_for_job", "start_service", "stop_process"]
