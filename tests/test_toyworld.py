@@ -110,6 +110,7 @@ def test_corpus_is_flashrag_format_short_and_regular(files, world):
     assert data[4:8] == b"\x00\x00\x00\x00"  # gzip mtime 0
     lines = gzip.decompress(data).decode().splitlines()
     assert 1500 <= len(lines) <= 5000
+    lead_ids = set(world.summary_of.values())
     ids = []
     for line in lines:
         record = json.loads(line)
@@ -117,7 +118,13 @@ def test_corpus_is_flashrag_format_short_and_regular(files, world):
         title, text = record["contents"].split("\n", 1)
         assert re.fullmatch(r'"[^"\n]+"', title)
         assert title.strip('"') in text or title.strip('"').split()[0] in text  # the name is spelled out
-        assert len(text.split()) <= 40 and text.count(". ") == 0
+        if int(record["id"]) in lead_ids:
+            # The lead restates the entity's own facts, each as its own passage too.
+            facts = [p.text for p in world.passages if p.title == title.strip('"') and int(p.id) not in lead_ids]
+            assert all(fact in text for fact in facts)
+            assert len(text.split()) <= 120
+        else:
+            assert len(text.split()) <= 40 and text.count(". ") == 0
         ids.append(record["id"])
     assert ids == [str(i) for i in range(len(lines))]
 

@@ -502,13 +502,19 @@ def _assemble(settings: dict[str, Any], entities: dict[str, Entity], relations: 
     summary_of: dict[str, int] = {}
     index: dict[tuple[str, str], Fact] = {}
     for entity in entities.values():
+        own = by_subject.get(entity.id, {})
+        fact_texts = [
+            (relation, own[relation], _fact_text(entities, entity.id, relation, own[relation]))
+            for relation in PAGE_ORDER
+            if relation in own
+        ]
+        # A lead paragraph that restates the entity's facts, as a Wikipedia lead does: a search for any one
+        # fact about the entity then ranks a passage holding it first, whichever of the two wins.
+        lead = " ".join([_summary_text(entity)] + [text for _, _, text in fact_texts])
         summary_of[entity.id] = len(passages)
-        passages.append(Passage(str(len(passages)), entity.name, _summary_text(entity)))
-        for relation in PAGE_ORDER:
-            obj = by_subject.get(entity.id, {}).get(relation)
-            if obj is None:
-                continue
-            fact = Fact(len(passages), entity.id, relation, obj, _fact_text(entities, entity.id, relation, obj))
+        passages.append(Passage(str(len(passages)), entity.name, lead))
+        for relation, obj, text in fact_texts:
+            fact = Fact(len(passages), entity.id, relation, obj, text)
             passages.append(Passage(str(fact.id), entity.name, fact.text))
             facts[fact.id] = fact
             index[(entity.id, relation)] = fact
