@@ -119,7 +119,7 @@ def test_default_plan_counts(in_repo):
         "prepare_train": 1,
         "build_index": 1,
         "train_grpo": 1,
-        "evaluate": 4 * 5,
+        "evaluate": 4 * 6,  # four benchmarks × five baselines (research_base included) + research
         "report": 1,
     }
 
@@ -241,7 +241,7 @@ def sandbox(tmp_path, monkeypatch):
     edit("config/config.yaml", "    2wikimultihopqa: dev\n    musique: dev\n", "")
     edit(
         "config/config.yaml",
-        "methods: [zero_shot, naive_rag, iter_retgen, ircot, research]",
+        "methods: [zero_shot, naive_rag, iter_retgen, ircot, research_base, research]",
         "methods: [zero_shot, naive_rag, research]",
     )
     cfg = load_config("config/config.yaml")

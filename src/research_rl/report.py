@@ -29,6 +29,7 @@ METHOD_LABELS = {
     "naive_rag": "Naive RAG",
     "iter_retgen": "Iter-RetGen",
     "ircot": "IRCoT",
+    "research_base": "ReSearch prompt, before RL",
     "research": "ReSearch",
 }
 METRIC_LABELS = {"em": "EM", "f1": "F1", "judge": "Judge", "cover_em": "Cover-EM"}
@@ -42,7 +43,7 @@ TRAINING_PANELS = {
 MISSING = "–"
 LATEX_MISSING = "--"
 # The methods that choose how many searches to make; the others search a fixed number of times.
-ADAPTIVE_METHODS = ("ircot", "research")
+ADAPTIVE_METHODS = ("ircot", "research_base", "research")
 
 
 # ---------------------------------------------------------------- reading results

@@ -261,6 +261,7 @@ def evaluations(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
         model = entry["name"]
         for benchmark in cfg["evaluation"]["benchmarks"]:
             for method in methods:
+                # research_base (the rollout on the untrained checkpoint) is a baseline like the others.
                 if method == TRAINED_METHOD or model in cfg["evaluation"]["baseline_models"]:
                     cells.append((model, benchmark, method))
     return cells
@@ -425,6 +426,7 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
             "iter_retgen": ["evaluation.iter_retgen_rounds"],
             "ircot": ["evaluation.ircot_max_steps"],
             "research": ["grpo.max_turns", "grpo.max_response_length"],
+            "research_base": ["grpo.max_turns", "grpo.max_response_length"],
         }.get(method, [])
         metrics_files.append(str(out / "metrics.json"))
         add(

@@ -109,7 +109,8 @@ def _generate(
 
 
 def model_path(cfg: dict[str, Any], model: str, method: str) -> Path:
-    """The trained policy for `research`; the entry's own (base or instruct) checkpoint for baselines."""
+    """The trained policy for `research`; the entry's own (base or instruct) checkpoint for baselines and
+    for `research_base` (the ReSearch rollout before GRPO)."""
     if method == "research":
         path = paths.trained_model_final(cfg, model)
         if not path.exists():

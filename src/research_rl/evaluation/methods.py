@@ -359,5 +359,7 @@ METHODS: dict[str, Method] = {
     "iter_retgen": iter_retgen,
     "ircot": ircot,
     "research": research,
+    # The same multi-turn rollout on the untrained checkpoint: what GRPO starts from.
+    "research_base": research,
 }
-USES_RETRIEVAL = {"naive_rag", "iter_retgen", "ircot", "research"}
+USES_RETRIEVAL = {"naive_rag", "iter_retgen", "ircot", "research", "research_base"}

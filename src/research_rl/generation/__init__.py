@@ -6,8 +6,9 @@ The multi-turn search rollout (training/rollout.py) and every evaluation method 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "eos", "length"]
 
