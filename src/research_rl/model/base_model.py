@@ -1,0 +1,248 @@
+"""Stage build_base_model: the embedded default's stand-in for a pretrained base model.
+
+A tiny Qwen2-architecture causal LM with a byte-level BPE tokenizer trained here on toy-world text,
+then warmed up as a language model on (a) the toy-world passages and (b) formatted ReSearch
+demonstrations: the base prompt followed by a response that thinks, searches sub-questions, reads
+the results and answers in \\boxed{}. The warm-up is short on purpose: GRPO must start from a policy
+that sometimes formats correctly but is far from perfect, so that RL has something to raise.
+
+Demonstration tokens are laid out exactly as the rollout lays them out (model segments and
+` <result>\\n…\\n</result>` segments encoded separately and concatenated), and the result segments,
+like the prompt, carry no loss: the model learns to write its own turns, not the retriever's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from research_rl import paths
+from research_rl.data import toyworld
+from research_rl.data.jsonl import open_text
+from research_rl.prompts import RE_SEARCH_TEMPLATE, SYSTEM_PROMPT, render_base
+from research_rl.training.rollout import RESULT_TEMPLATE, format_passages
+
+EOS = "<|endoftext|>"
+SPECIAL_TOKENS = [EOS, "<|im_start|>", "<|im_end|>"]
+# Qwen2.5's chat layout (without its tool branch and default system message).
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+PASSAGE_CHUNK_TOKENS = 128
+DEMO_FRACTION = 0.25  # share of each warm-up batch that is demonstrations (the rest: passage chunks)
+TOP_N = 5
+IGNORE = -100
+
+
+# ------------------------------------------------------------------------------------- text sources
+
+
+def read_corpus(cfg: dict[str, Any]) -> list[dict[str, str]]:
+    """The FlashRAG corpus the retriever indexes (the same passages the policy will read)."""
+    with open_text(paths.corpus_path(cfg)) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _retrieved_like(gold: str, by_title: dict[str, list[str]], rng: random.Random) -> list[str]:
+    """What a top-5 search for this hop tends to return: the gold passage among other passages about
+    the same entity (padded with random ones), in random order."""
+    title = gold.split("\n", 1)[0]
+    others = [c for c in by_title.get(title, []) if c != gold]
+    rng.shuffle(others)
+    docs = [gold, *others[: TOP_N - 1]]
+    rng.shuffle(docs)
+    return docs
+
+
+def demonstration_segments(
+    demo: dict[str, Any], by_title: dict[str, list[str]], rng: random.Random
+) -> list[tuple[str, bool]]:
+    """A worked response as (text, is_model_text) segments, in rollout order, EOS not included."""
+    segments: list[tuple[str, bool]] = []
+    text = ""
+    for hop in demo["question_decomposition"]:
+        text += f" <think> I need to find out: {hop['query']} </think> <search> {hop['query']} </search>"
+        segments.append((text, True))
+        docs = [{"contents": c} for c in _retrieved_like(hop["contents"], by_title, rng)]
+        segments.append((RESULT_TEMPLATE.format(passages=format_passages(docs)), False))
+        text = f" <think> The answer to this step is {hop['answer']}. </think>"
+    answer = demo["answer"]
+    text += f" <answer> The final answer is \\[ \\boxed{{{answer}}} \\] </answer>"
+    segments.append((text, True))
+    return segments
+
+
+# ---------------------------------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
+    """Byte-level BPE (Qwen's kind) trained on `texts`, with Qwen's special tokens and chat layout."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+# ------------------------------------------------------------------------------------- training data
+
+
+def encode_demonstration(
+    tokenizer: Any, question: str, segments: list[tuple[str, bool]]
+) -> tuple[list[int], list[int]]:
+    """input ids and labels: prompt and result segments get IGNORE, model segments and EOS their ids."""
+    ids = tokenizer.encode(render_base(question), add_special_tokens=False)
+    labels = [IGNORE] * len(ids)
+    for text, is_model in segments:
+        piece = tokenizer.encode(text, add_special_tokens=False)
+        ids += piece
+        labels += piece if is_model else [IGNORE] * len(piece)
+    ids.append(tokenizer.eos_token_id)
+    labels.append(tokenizer.eos_token_id)
+    return ids, labels
+
+
+def passage_chunks(tokenizer: Any, contents: list[str]) -> list[list[int]]:
+    """The passages, EOS-separated and packed into fixed-length chunks (plain language modelling)."""
+    stream: list[int] = []
+    for text in contents:
+        stream += tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return [stream[i : i + PASSAGE_CHUNK_TOKENS] for i in range(0, len(stream), PASSAGE_CHUNK_TOKENS)]
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        attention[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+def make_model(settings: dict[str, Any], tokenizer: Any) -> Any:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=settings["hidden_size"],
+        intermediate_size=settings["intermediate_size"],
+        num_hidden_layers=settings["num_hidden_layers"],
+        num_attention_heads=settings["num_attention_heads"],
+        num_key_value_heads=settings["num_key_value_heads"],
+        max_position_embeddings=settings["max_position_embeddings"],
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def _token_mean_loss(model: Any, groups: list[list], pad_id: int) -> torch.Tensor:
+    """Mean loss over every labelled token of the groups, each group padded on its own (passage chunks
+    are short and demonstrations long: padding them together would triple the compute)."""
+    total, count = torch.zeros(()), 0
+    for group in groups:
+        if not group:
+            continue
+        batch = collate(group, pad_id)
+        tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+        total = total + model(**batch).loss * tokens
+        count += tokens
+    return total / max(count, 1)
+
+
+def warm_up(model: Any, demos: list, chunks: list, settings: dict[str, Any], pad_id: int, seed: int) -> list[float]:
+    """AdamW with linear warm-up and cosine decay; each batch mixes demonstrations and passage chunks."""
+    steps, batch_size, lr = settings["warmup_steps"], settings["warmup_batch_size"], settings["warmup_lr"]
+    rng = random.Random(f"warmup:{seed}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    n_demo = max(1, round(batch_size * DEMO_FRACTION)) if demos else 0
+    losses = []
+    model.train()
+    for step in range(steps):
+        scale = min(1.0, (step + 1) / max(1, steps // 10)) * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr * scale
+        demo_batch = [rng.choice(demos) for _ in range(n_demo)]
+        chunk_batch = [(c, c) for c in (rng.choice(chunks) for _ in range(batch_size - n_demo))]
+        loss = _token_mean_loss(model, [demo_batch, chunk_batch], pad_id)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == steps - 1:
+            print(f"build_base_model: step {step + 1}/{steps} loss {loss.item():.3f}", flush=True)
+    return losses
+
+
+def run(cfg: dict[str, Any]) -> None:
+    """Build, warm up and save the tiny base model (and its tokenizer) into paths.base_model_dir(cfg)."""
+    settings, seed = cfg["base_model"], int(cfg.get("seed", 0))
+    start = time.time()
+    random.seed(seed)
+    torch.manual_seed(seed)
+    corpus = [doc["contents"] for doc in read_corpus(cfg)]
+    world = toyworld.build_world(cfg["toyworld"])
+    by_title: dict[str, list[str]] = {}
+    for contents in corpus:
+        by_title.setdefault(contents.split("\n", 1)[0], []).append(contents)
+    rng = random.Random(f"demos:{seed}")
+    demos = [
+        (d["question"], demonstration_segments(d, by_title, rng))
+        for d in toyworld.demonstrations(world, settings.get("demonstrations", 200), seed)
+    ]
+
+    questions = [q.question for q in world.question_sets()["musique_train"]]
+    # Every prompt repeats the template, so the tokenizer sees it as often as it sees demonstrations;
+    # otherwise its words stay unmerged and each prompt costs twice the tokens.
+    demo_texts = [render_base(q) + "".join(text for text, _ in segments) for q, segments in demos]
+    texts = corpus + questions + demo_texts + [RE_SEARCH_TEMPLATE, SYSTEM_PROMPT] * len(demos)
+    tokenizer = train_tokenizer(texts, settings["vocab_size"])
+    model = make_model(settings, tokenizer)
+
+    encoded_demos = [encode_demonstration(tokenizer, q, segments) for q, segments in demos]
+    losses = warm_up(model, encoded_demos, passage_chunks(tokenizer, corpus), settings, tokenizer.pad_token_id, seed)
+
+    out_dir = paths.base_model_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    summary = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer),
+        "demonstrations": len(encoded_demos),
+        "final_loss": losses[-1] if losses else None,
+        "seconds": round(time.time() - start, 1),
+    }
+    (Path(out_dir) / "build_info.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"build_base_model: {summary} -> {out_dir}")

@@ -1,0 +1,186 @@
+"""The tiny base model builder and the in-process transformers Generator."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from research_rl import paths
+from research_rl.config import load_config
+from research_rl.data import toyworld
+from research_rl.generation.hf import TransformersGenerator
+from research_rl.model import base_model
+from research_rl.prompts import render_base
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_config(root: Path, steps: int = 4) -> dict:
+    cfg = copy.deepcopy(load_config(REPO / "config" / "config.yaml"))
+    cfg["paths"] = {"data": str(root / "data"), "results": str(root / "results")}
+    cfg["toyworld"].update(n_people=40, n_cities=8, n_countries=3, n_organizations=6, n_works=15)
+    cfg["toyworld"]["questions"] = {k: 10 for k in cfg["toyworld"]["questions"]} | {"musique_train": 40}
+    cfg["base_model"].update(
+        out_dir=str(root / "base"),
+        vocab_size=600,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        warmup_steps=steps,
+        warmup_batch_size=4,
+        demonstrations=20,
+    )
+    return cfg
+
+
+def write_corpus(cfg: dict) -> None:
+    world = toyworld.build_world(cfg["toyworld"])
+    path = paths.corpus_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": p.id, "contents": p.contents}) + "\n" for p in world.passages))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict:
+    cfg = small_config(tmp_path_factory.mktemp("base"))
+    write_corpus(cfg)
+    base_model.run(cfg)
+    return cfg
+
+
+def test_saved_model_loads_with_auto_classes(built):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = paths.base_model_dir(built)
+    assert (out / "model.safetensors").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.model_type == "qwen2" and model.config.hidden_size == 32
+    assert tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
+    assert model.config.eos_token_id == tokenizer.eos_token_id
+    for special in ("<|im_start|>", "<|im_end|>"):
+        assert tokenizer.convert_tokens_to_ids(special) != tokenizer.unk_token_id
+        assert tokenizer.tokenize(special) == [special]
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    text = render_base("Who founded the Doran Institute?")
+    assert tokenizer.decode(tokenizer.encode(text)) == text  # byte-level: lossless
+
+
+def test_build_is_deterministic(built, tmp_path):
+    cfg = copy.deepcopy(built)
+    cfg["base_model"]["out_dir"] = str(tmp_path / "again")
+    base_model.run(cfg)
+    first = (paths.base_model_dir(built) / "model.safetensors").read_bytes()
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == first
+    assert (tmp_path / "again" / "tokenizer.json").read_text() == (
+        paths.base_model_dir(built) / "tokenizer.json"
+    ).read_text()
+
+
+def test_demonstrations_mask_prompt_and_results(built):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(paths.base_model_dir(built))
+    world = toyworld.build_world(built["toyworld"])
+    demo = toyworld.demonstrations(world, 1, seed=0)[0]
+    corpus = [p.contents for p in world.passages]
+    by_title: dict[str, list[str]] = {}
+    for c in corpus:
+        by_title.setdefault(c.split("\n", 1)[0], []).append(c)
+    segments = base_model.demonstration_segments(demo, by_title, random.Random(0))
+    ids, labels = base_model.encode_demonstration(tokenizer, demo["question"], segments)
+    learned = tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab != base_model.IGNORE])
+    ignored = tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab == base_model.IGNORE])
+    assert ignored.startswith(render_base(demo["question"]))
+    assert "<result>" in ignored and "<result>" not in learned and "Assistant:" not in learned
+    assert learned.count("<search>") == len(demo["question_decomposition"])
+    assert learned.endswith(f"\\boxed{{{demo['answer']}}} \\] </answer><|endoftext|>")
+    for hop in demo["question_decomposition"]:  # the gold passage is among the results of its search
+        assert hop["contents"] in ignored
+
+
+# ------------------------------------------------------------------------------------ the Generator
+
+
+@pytest.fixture(scope="module")
+def random_lm(tiny_tokenizer):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
+    return Qwen2ForCausalLM(config).eval()
+
+
+def test_greedy_matches_transformers_generate_with_left_padding(random_lm, tiny_tokenizer):
+    prompts = [tiny_tokenizer.encode(t) for t in ("Who founded the city", "A conversation between User and")]
+    gen = TransformersGenerator(random_lm, tiny_tokenizer)
+    ours = gen.generate(prompts, max_new_tokens=12, temperature=0.0)
+    for prompt, out in zip(prompts, ours, strict=True):
+        ref = random_lm.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=-1)
+        assert out.token_ids == ref[0, len(prompt) :].tolist()[: len(out.token_ids)]
+        assert out.finish_reason in ("length", "eos") and out.text == tiny_tokenizer.decode(out.token_ids)
+
+
+def test_sampled_logprobs_match_a_full_forward(random_lm, tiny_tokenizer):
+    torch.manual_seed(1)
+    prompts = [tiny_tokenizer.encode("Who"), tiny_tokenizer.encode("A conversation between User")]
+    gen = TransformersGenerator(random_lm, tiny_tokenizer)
+    outs = gen.generate(prompts, max_new_tokens=[5, 9], temperature=0.7)
+    assert [len(o.token_ids) for o in outs] == [5, 9] or any(o.finish_reason == "eos" for o in outs)
+    for prompt, out in zip(prompts, outs, strict=True):
+        ids = torch.tensor([prompt + out.token_ids])
+        logits = random_lm(ids).logits[0, len(prompt) - 1 : -1] / 0.7
+        expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(out.token_ids)[:, None]).squeeze(1)
+        assert torch.allclose(torch.tensor(out.logprobs), expected, atol=1e-4)
+
+
+class ScriptedLM(torch.nn.Module):
+    """Emits a fixed token script per row, whatever the input (peaked logits), to test stopping."""
+
+    def __init__(self, scripts: list[list[int]], vocab: int) -> None:
+        super().__init__()
+        self.scripts, self.vocab, self.step = scripts, vocab, 0
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, past_key_values=None, **kwargs):
+        step = 0 if past_key_values is None else past_key_values + 1
+        logits = torch.full((len(self.scripts), input_ids.shape[1], self.vocab), -30.0)
+        for row, script in enumerate(self.scripts):
+            logits[row, -1, script[min(step, len(script) - 1)]] = 30.0
+        return type("Out", (), {"logits": logits, "past_key_values": step})()
+
+
+def test_stop_strings_eos_and_budgets_per_row(tiny_tokenizer):
+    tok = tiny_tokenizer
+    searching = tok.encode(" <search> who </search> <result> never")
+    answering = tok.encode(" <answer> yes </answer>") + [tok.eos_token_id, *tok.encode(" after eos")]
+    long = tok.encode(" think think think think think think")
+    lm = ScriptedLM([searching, answering, long], len(tok))
+    gen = TransformersGenerator(lm, tok)
+    outs = gen.generate([[5], [6, 7], [8]], max_new_tokens=[100, 100, 4], stop=["</search>"], temperature=1.0)
+    assert outs[0].finish_reason == "stop" and outs[0].text.endswith("</search>")
+    assert outs[0].text == " <search> who </search>"  # cut right after the stop string
+    assert outs[1].finish_reason == "eos" and outs[1].token_ids[-1] == tok.eos_token_id
+    assert outs[1].text == " <answer> yes </answer><|endoftext|>"
+    assert outs[2].finish_reason == "length" and len(outs[2].token_ids) == 4
+    assert all(len(o.logprobs) == len(o.token_ids) for o in outs)
