@@ -52,7 +52,7 @@ def test_reward_function_scores_the_decoded_response_with_its_eos(tiny_tokenizer
     cut = tiny_tokenizer.encode(body)  # no EOS: cut by the budget
     logged = {}
     rewards = reward(
-        prompts=["p"] * 3,
+        prompts=[render_base("Who founded Brimmow?")] * 3,
         completions=["ignored"] * 3,
         completion_ids=[ended, cut, ended],
         golden_answers=[["Brimmow"], ["Brimmow"], ["elsewhere"]],

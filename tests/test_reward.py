@@ -148,3 +148,36 @@ def test_remove_boxed(text: str, expected: str | None) -> None:
 )
 def test_extract_boxed_answer(text: str, expected: str | None) -> None:
     assert extract_boxed_answer(text) == expected
+
+
+# --------------------------------------------------------------------- the original's prompt split
+
+BASE_PROMPT = "A conversation ... User: Where is Paris?. Assistant:"
+CHAT_PROMPT = "<|im_start|>system\nYou are ...<|im_end|>\n<|im_start|>user\nWhere?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("prompt", [BASE_PROMPT, CHAT_PROMPT])
+def test_with_the_prompt_a_plain_response_scores_as_without(prompt):
+    text = response(boxed("Paris"))
+    assert score(text, ["Paris"], eos_token=EOS, prompt=prompt) == score(text, ["Paris"], eos_token=EOS) == 1.0
+
+
+def test_base_response_that_writes_assistant_again_is_cut_there():
+    """The original splits prompt + response on "Assistant:" and grades piece 1 only: what follows a
+    second "Assistant:" is lost, and the cut piece no longer ends with EOS."""
+    text = response(boxed("Paris")).replace(EOS, f" User: more? Assistant: sure{EOS}")
+    assert score(text, ["Paris"], eos_token=EOS) == 1.0
+    reward, reason = score_with_reason(text, ["Paris"], eos_token=EOS, prompt=BASE_PROMPT)
+    assert reward == 0.0 and reason.startswith("over length")
+
+
+def test_instruct_split_ignores_assistant_colon_but_not_the_chat_marker():
+    text = response(boxed("Paris")).replace("<think> so", "<think> Assistant: so")
+    assert score(text, ["Paris"], eos_token=EOS, prompt=CHAT_PROMPT) == 1.0
+    assert score(text, ["Paris"], eos_token=EOS, prompt=BASE_PROMPT) == 0.0
+    again = response(boxed("Paris")).replace("<think> so", "<|im_start|>assistant\n<think> so")
+    assert score(again, ["Paris"], eos_token=EOS, prompt=CHAT_PROMPT) == 0.0
+
+
+def test_a_prompt_without_any_marker_scores_zero():
+    assert score(response(boxed("Paris")), ["Paris"], eos_token=EOS, prompt="Question: where?") == 0.0

@@ -8,34 +8,18 @@ take seconds and need none of the stages' heavy dependencies.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import stat
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
+from workflow_sandbox import BIN, DVC, REPO, SNAKEMAKE, edit, make_sandbox, run
 
 from research_rl import workflow as rrl
 from research_rl.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-SNAKEMAKE = str(BIN / "snakemake")
-DVC = str(BIN / "dvc")
 PAPER = REPO / "config" / "paper.yaml"
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result.stdout + result.stderr
 
 
 @pytest.fixture
@@ -204,82 +188,11 @@ def test_snakemake_lint():
 
 # --------------------------------------------------------------------------- cached partial reruns
 
-STUB = """#!{python}
-# Stub `research-rl`: writes the declared outputs of the stage whose command this is, logs its name.
-import json, os, sys, time
-from pathlib import Path
-stages = json.loads(Path(os.environ["RRL_STUB_MAP"]).read_text())
-cmd = "research-rl " + " ".join(sys.argv[1:])
-stage = stages[cmd]
-nonce = f"{{stage['name']}} {{time.time_ns()}}\\n"
-for out in stage["outs"] + stage["resumable"]:
-    path = Path(out)
-    if out in stage["dirs"]:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "content.txt").write_text(nonce)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(nonce)
-with open(os.environ["RRL_STUB_LOG"], "a") as log:
-    log.write(stage["name"] + "\\n")
-"""
-
-COPY = ["Snakefile", "workflow", "envs", "config", "src", "notebooks", ".dvcignore"]
-
 
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch):
     """A copy of the workflow with a stub CLI; returns (dir, env, ran) where ran() pops the stub log."""
-    for name in COPY:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif source.exists():
-            shutil.copy2(source, tmp_path / name)
-    monkeypatch.chdir(tmp_path)
-    # A smaller evaluation grid keeps both engines' runs to seconds; the DAG's shape is unchanged.
-    edit("config/config.yaml", "    2wikimultihopqa: dev\n    musique: dev\n", "")
-    edit(
-        "config/config.yaml",
-        "methods: [zero_shot, naive_rag, iter_retgen, ircot, research_base, research]",
-        "methods: [zero_shot, naive_rag, research]",
-    )
-    cfg = load_config("config/config.yaml")
-    stub_map = {
-        stage.cmd: {
-            "name": stage.name,
-            "outs": list(stage.outs),
-            "dirs": sorted(stage.out_dirs),
-            "resumable": list(stage.resumable),
-        }
-        for stage in rrl.plan(cfg)
-    }
-    (tmp_path / "stub_map.json").write_text(json.dumps(stub_map))
-    bindir = tmp_path / "stub_bin"
-    bindir.mkdir()
-    stub = bindir / "research-rl"
-    stub.write_text(STUB.format(python=sys.executable))
-    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
-    log = tmp_path / "ran.log"
-    env = dict(
-        os.environ,
-        PATH=f"{bindir}:{BIN}:{os.environ['PATH']}",
-        RRL_STUB_MAP=str(tmp_path / "stub_map.json"),
-        RRL_STUB_LOG=str(log),
-    )
-
-    def ran() -> list[str]:
-        names = log.read_text().split() if log.exists() else []
-        log.unlink(missing_ok=True)
-        return names
-
-    return tmp_path, env, ran
-
-
-def edit(path: str, old: str, new: str) -> None:
-    text = Path(path).read_text()
-    assert text.count(old) == 1, f"{old!r} not found once in {path}"
-    Path(path).write_text(text.replace(old, new))
+    return make_sandbox(tmp_path, monkeypatch)
 
 
 def append_comment(path: str) -> None:

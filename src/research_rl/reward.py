@@ -16,6 +16,19 @@ from research_rl.evaluation.metrics import f1
 
 WRONG_ANSWER_REWARD = 0.1
 _ANSWER_PATTERN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# Where the original's compute_score cuts the decoded prompt + response to find the response.
+INSTRUCT_MARKER = "<|im_start|>assistant\n"
+BASE_MARKER = "Assistant:"
+
+
+def original_response(solution: str) -> str | None:
+    """The response as the original sees it in the decoded prompt + response: the text after the first
+    "<|im_start|>assistant\\n" if there is one, else after the first "Assistant:", up to the next
+    occurrence of that marker (a response that writes the marker again is cut there). None where the
+    marker is missing (the original raises an IndexError there)."""
+    marker = INSTRUCT_MARKER if INSTRUCT_MARKER in solution else BASE_MARKER
+    parts = solution.split(marker)
+    return parts[1] if len(parts) > 1 else None
 
 
 def check_format(text: str) -> tuple[bool, str]:
@@ -118,16 +131,24 @@ def extract_boxed_answer(text: str) -> str | None:
     return remove_boxed(boxed)
 
 
-def score_with_reason(response: str, golden_answers: Sequence[str] | str, *, eos_token: str) -> tuple[float, str]:
+def score_with_reason(
+    response: str, golden_answers: Sequence[str] | str, *, eos_token: str, prompt: str | None = None
+) -> tuple[float, str]:
     """The reward and a human-readable reason for it.
 
     `response` is the generated text after the prompt (retriever text included, as decoded). The
     original's compute_score receives the whole sequence and splits it on "<|im_start|>assistant\\n"
-    or "Assistant:" first; our caller already holds the response alone, so no split happens here.
+    or "Assistant:" first (original_response); given the decoded `prompt`, so does this, quirk included;
+    without it the response is graded whole.
     """
     if not eos_token:
         # The original would strip response[:-0], i.e. everything, and silently score 0.
         raise ValueError("eos_token must be a non-empty string")
+    if prompt is not None:
+        cut = original_response(prompt + response)
+        if cut is None:
+            return 0.0, "no assistant marker in the prompt and response"
+        response = cut
     ok, reason = check_format(response)
     if not ok:
         return 0.0, reason
@@ -147,6 +168,6 @@ def score_with_reason(response: str, golden_answers: Sequence[str] | str, *, eos
     return WRONG_ANSWER_REWARD, f"wrong answer but good format: {answer!r}"
 
 
-def score(response: str, golden_answers: Sequence[str], *, eos_token: str) -> float:
+def score(response: str, golden_answers: Sequence[str], *, eos_token: str, prompt: str | None = None) -> float:
     """The ReSearch training reward of one response (DESIGN section 3): 0, 0.1 or F1 in (0, 1]."""
-    return score_with_reason(response, golden_answers, eos_token=eos_token)[0]
+    return score_with_reason(response, golden_answers, eos_token=eos_token, prompt=prompt)[0]

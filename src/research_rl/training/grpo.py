@@ -118,8 +118,10 @@ def make_reward_function(tokenizer: Any) -> Any:
         prompts: list, completions: list, completion_ids: list, golden_answers: list, **kwargs: Any
     ) -> list[float]:
         texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=False)
+        # The prompt goes along so that the response is cut from prompt + response as the original cuts it.
         scored = [
-            score_with_reason(t, list(g), eos_token=eos_token) for t, g in zip(texts, golden_answers, strict=True)
+            score_with_reason(text, list(golds), eos_token=eos_token, prompt=prompt)
+            for text, golds, prompt in zip(texts, golden_answers, prompts, strict=True)
         ]
         rewards = [reward for reward, _ in scored]
         log_metric = kwargs.get("log_metric")
