@@ -8,9 +8,7 @@ prompts over the token budget are dropped (the original's RLHFDataset filter), n
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import pandas as pd
 from rich.console import Console
 
 from research_rl import paths
+from research_rl.atomic import atomic_output
 from research_rl.prompts import prompt_token_count, render_prompt
 
 console = Console(stderr=True)
@@ -77,15 +76,8 @@ def to_rows(
 
 
 def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         pd.DataFrame(rows).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_tokenizer(model_path: str) -> Any:

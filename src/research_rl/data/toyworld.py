@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from research_rl import paths
-from research_rl.data.jsonl import atomic_write_bytes, dumps_line
+from research_rl.atomic import atomic_write_bytes
+from research_rl.data.jsonl import dumps_line
 
 # File names exactly as config/config.yaml's `corpus` and `datasets` sections reference them.
 CORPUS_FILE = "toywiki.jsonl.gz"

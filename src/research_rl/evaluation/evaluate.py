@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from research_rl import paths
+from research_rl.atomic import atomic_write_text
 from research_rl.evaluation.bootstrap import bootstrap_ci
 from research_rl.evaluation.judge import judge_from_config
 from research_rl.evaluation.methods import DEFAULT_BATCH_SIZE, METHODS, USES_RETRIEVAL
@@ -204,9 +205,7 @@ def summarize(records: Sequence[dict[str, Any]], cfg: dict[str, Any]) -> dict[st
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _log(message: str) -> None:

@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from research_rl.atomic import atomic_output, atomic_write_text
 from research_rl.retrieval.corpus import Corpus
 from research_rl.retrieval.encoder import Encoder, load_encoder
-from research_rl.retrieval.meta import atomic_write_text
 
 INDEX_NAME = "index.faiss"
 SHARD_DIR = "embeddings"
@@ -48,14 +46,8 @@ def shard_path(shard_dir: Path, number: int) -> Path:
 
 
 def save_array_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
 
 
 def _prepare_shard_dir(shard_dir: Path, manifest: dict[str, Any]) -> None:
@@ -151,9 +143,8 @@ def build_faiss_index(shards: list[Path], dimension: int, dense_cfg: dict[str, A
 def write_index_atomic(index: Any, path: Path) -> None:
     import faiss
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        faiss.write_index(index, str(tmp))
 
 
 def build(cfg: dict[str, Any], corpus: Corpus, corpus_sha256: str, out_dir: Path) -> dict[str, Any]:

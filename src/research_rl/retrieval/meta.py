@@ -6,11 +6,11 @@ Written last by a build, so its presence also means the index is complete.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from research_rl.atomic import atomic_write_text
 
 META_NAME = "meta.json"
 BM25_MODEL = "bm25"
@@ -18,18 +18,6 @@ BM25_MODEL = "bm25"
 
 class IndexMismatchError(RuntimeError):
     """The index on disk was built from another corpus, model or retriever kind than the config names."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def make_meta(

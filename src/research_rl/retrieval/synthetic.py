@@ -9,7 +9,7 @@ import json
 import random
 from pathlib import Path
 
-from research_rl.retrieval.meta import atomic_write_text
+from research_rl.atomic import atomic_write_text
 
 SYLLABLES = ["ka", "lo", "mir", "ze", "tan", "vor", "qui", "bel", "dra", "nox", "fen", "rus", "ul", "ith", "gar"]
 PROFESSIONS = ["painter", "astronomer", "sailor", "engineer", "poet", "botanist", "architect", "chemist"]

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from research_rl import paths
+from research_rl.atomic import atomic_write_text
 from research_rl.reward import score_with_reason
 from research_rl.training.rollout import run_rollouts
 
@@ -154,9 +155,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Keep the rows up to `last_step` (the checkpoint a run resumes from); atomically rewritten."""
     rows = [row for row in read_metrics(path) if row["step"] <= last_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _metrics_callback(path: Path) -> Any:
