@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -37,6 +36,7 @@ def small_config(root: Path, steps: int = 4) -> dict:
         warmup_batch_size=4,
         demonstrations=20,
     )
+    cfg["retriever"]["kind"] = "bm25"  # the demonstrations search the index; BM25 builds in a second
     return cfg
 
 
@@ -49,8 +49,11 @@ def write_corpus(cfg: dict) -> None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict:
+    from research_rl.retrieval import index
+
     cfg = small_config(tmp_path_factory.mktemp("base"))
     write_corpus(cfg)
+    index.run(cfg, "bm25")
     base_model.run(cfg)
     return cfg
 
@@ -87,17 +90,23 @@ def test_build_is_deterministic(built, tmp_path):
     ).read_text()
 
 
+def hop_results(demo: dict, corpus: list[str], with_answers: bool = True) -> dict[str, list[str]]:
+    """Fake search results per hop query: the gold passage among four others (or without it)."""
+    results = {}
+    for i, hop in enumerate(demo["question_decomposition"]):
+        others = [c for c in corpus if hop["answer"] not in c][i * 4 : i * 4 + 4]
+        results[hop["query"]] = others[:2] + ([hop["contents"]] if with_answers else []) + others[2:]
+    return results
+
+
 def test_demonstrations_mask_prompt_and_results(built):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(paths.base_model_dir(built))
     world = toyworld.build_world(built["toyworld"])
     demo = toyworld.demonstrations(world, 1, seed=0)[0]
-    corpus = [p.contents for p in world.passages]
-    by_title: dict[str, list[str]] = {}
-    for c in corpus:
-        by_title.setdefault(c.split("\n", 1)[0], []).append(c)
-    segments = base_model.demonstration_segments(demo, by_title, random.Random(0))
+    results = hop_results(demo, [p.contents for p in world.passages])
+    segments = base_model.demonstration_segments(demo, results)
     ids, labels = base_model.encode_demonstration(tokenizer, demo["question"], segments)
     learned = tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab != base_model.IGNORE])
     ignored = tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab == base_model.IGNORE])
@@ -105,8 +114,28 @@ def test_demonstrations_mask_prompt_and_results(built):
     assert "<result>" in ignored and "<result>" not in learned and "Assistant:" not in learned
     assert learned.count("<search>") == len(demo["question_decomposition"])
     assert learned.endswith(f"\\boxed{{{demo['answer']}}} \\] </answer><|endoftext|>")
-    for hop in demo["question_decomposition"]:  # the gold passage is among the results of its search
-        assert hop["contents"] in ignored
+    for hop in demo["question_decomposition"]:  # each search shows its results, in the retriever's order
+        assert "\n\n".join(results[hop["query"]]) in ignored
+
+
+def test_demonstration_whose_answer_was_not_retrieved_is_dropped(built):
+    world = toyworld.build_world(built["toyworld"])
+    demo = toyworld.demonstrations(world, 1, seed=0)[0]
+    missing = hop_results(demo, [p.contents for p in world.passages], with_answers=False)
+    assert base_model.demonstration_segments(demo, missing) is None
+
+
+def test_demonstrations_search_the_real_index(built):
+    from research_rl.retrieval.service import retriever_for_job
+
+    world = toyworld.build_world(built["toyworld"])
+    demos = toyworld.demonstrations(world, 5, seed=0)
+    with retriever_for_job(built, mode="in_process") as client:
+        results = base_model.retrieved_contents(demos, client, top_n=5)
+    queries = {hop["query"] for demo in demos for hop in demo["question_decomposition"]}
+    assert set(results) == queries and all(len(found) == 5 for found in results.values())
+    info = json.loads((paths.base_model_dir(built) / "build_info.json").read_text())
+    assert 0 < info["demonstrations"] <= info["demonstrations_drawn"] == 20
 
 
 # ------------------------------------------------------------------------------------ the Generator

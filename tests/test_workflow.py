@@ -136,7 +136,10 @@ def test_rerun_scopes(in_repo):
     assert {name.split("--")[0] for name in only_eval} == {"evaluate", "report"}
     index = rrl.affected_by_param(cfg, "retriever.dense.model")
     assert "build_index" in index and "train_grpo--tiny-base" in index
-    assert not any(name.endswith("zero_shot") for name in index), "zero_shot never searches"
+    # zero_shot never searches: only the toy base model (whose demonstrations were retrieved) links it to the index.
+    assert any(name.endswith("zero_shot") for name in index) and "build_base_model" in index
+    paper_index = rrl.affected_by_param(load("config/paper.yaml"), "retriever.dense.model")
+    assert "build_index" in paper_index and not any(name.endswith("zero_shot") for name in paper_index)
     assert "build_index" not in rrl.affected_by_param(cfg, "retriever.topk"), "top-k is read at query time"
 
 

@@ -341,14 +341,15 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
     add("normalize_qa", deps=raw, outs=qa + [str(paths.normalize_report_path(cfg))], params=["normalize"])
 
     if "base_model" in cfg:
-        # It reads the corpus and rebuilds the toy world's demonstrations from cfg["toyworld"].
+        # It reads the corpus, rebuilds the toy world's demonstrations from cfg["toyworld"] and searches
+        # the index for their hop queries.
         base = str(paths.base_model_dir(cfg))
         add(
             "build_base_model",
-            deps=[str(paths.corpus_path(cfg))],
+            deps=[str(paths.corpus_path(cfg)), str(paths.index_dir(cfg))],
             outs=[base],
             out_dirs=[base],
-            params=["base_model", "seed", "toyworld"],
+            params=["base_model", "seed", "toyworld", *retriever_query_params(cfg)],
         )
 
     train = cfg["train_data"]

@@ -61,7 +61,7 @@ def run(
             if search_client is None and method in USES_RETRIEVAL:
                 from research_rl.retrieval.service import retriever_for_job
 
-                search_client = stack.enter_context(retriever_for_job(cfg))
+                search_client = stack.enter_context(retriever_for_job(cfg, mode="job"))
             judge = judge_from_config(cfg)
             if judge is not None:
                 stack.callback(judge.close)

@@ -6,6 +6,10 @@ demonstrations: the base prompt followed by a response that thinks, searches sub
 the results and answers in \\boxed{}. The warm-up is short on purpose: GRPO must start from a policy
 that sometimes formats correctly but is far from perfect, so that RL has something to raise.
 
+The demonstrations' <result> blocks hold what the job's retriever (in-process, on the built index)
+returns for each hop's query, so the model warms up on the results rollouts will really see; a
+demonstration whose hop answer is not among its results is dropped rather than teach guessing.
+
 Demonstration tokens are laid out exactly as the rollout lays them out (model segments and
 ` <result>\\n…\\n</result>` segments encoded separately and concatenated), and the result segments,
 like the prompt, carry no loss: the model learns to write its own turns, not the retriever's.
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,7 @@ from research_rl import paths
 from research_rl.data import toyworld
 from research_rl.data.jsonl import open_text
 from research_rl.prompts import RE_SEARCH_TEMPLATE, SYSTEM_PROMPT, render_base
+from research_rl.retrieval.service import retriever_for_job
 from research_rl.training.rollout import RESULT_TEMPLATE, format_passages
 
 EOS = "<|endoftext|>"
@@ -38,8 +45,7 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 PASSAGE_CHUNK_TOKENS = 128
-DEMO_FRACTION = 0.25  # share of each warm-up batch that is demonstrations (the rest: passage chunks)
-TOP_N = 5
+DEMO_FRACTION = 0.25  # default share of each warm-up batch that is demonstrations (the rest: passage chunks)
 IGNORE = -100
 
 
@@ -52,27 +58,26 @@ def read_corpus(cfg: dict[str, Any]) -> list[dict[str, str]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def _retrieved_like(gold: str, by_title: dict[str, list[str]], rng: random.Random) -> list[str]:
-    """What a top-5 search for this hop tends to return: the gold passage among other passages about
-    the same entity (padded with random ones), in random order."""
-    title = gold.split("\n", 1)[0]
-    others = [c for c in by_title.get(title, []) if c != gold]
-    rng.shuffle(others)
-    docs = [gold, *others[: TOP_N - 1]]
-    rng.shuffle(docs)
-    return docs
+def retrieved_contents(demos: list[dict[str, Any]], search_client: Any, top_n: int) -> dict[str, list[str]]:
+    """The contents of the top_n passages the job's retriever returns for every hop query of the demos
+    (one batch), so that demonstrations show the results a rollout will really see."""
+    queries = sorted({hop["query"] for demo in demos for hop in demo["question_decomposition"]})
+    found = search_client.batch_search(queries, top_n) if queries else []
+    return {query: [doc["contents"] for doc in docs] for query, docs in zip(queries, found, strict=True)}
 
 
-def demonstration_segments(
-    demo: dict[str, Any], by_title: dict[str, list[str]], rng: random.Random
-) -> list[tuple[str, bool]]:
-    """A worked response as (text, is_model_text) segments, in rollout order, EOS not included."""
+def demonstration_segments(demo: dict[str, Any], results: dict[str, list[str]]) -> list[tuple[str, bool]] | None:
+    """A worked response as (text, is_model_text) segments, in rollout order, EOS not included; None
+    when a hop's answer is not in what its search returned (the demonstration would teach guessing)."""
     segments: list[tuple[str, bool]] = []
     text = ""
     for hop in demo["question_decomposition"]:
+        passages = results[hop["query"]]
+        if not any(hop["answer"] in contents for contents in passages):
+            return None
         text += f" <think> I need to find out: {hop['query']} </think> <search> {hop['query']} </search>"
         segments.append((text, True))
-        docs = [{"contents": c} for c in _retrieved_like(hop["contents"], by_title, rng)]
+        docs = [{"contents": contents} for contents in passages]
         segments.append((RESULT_TEMPLATE.format(passages=format_passages(docs)), False))
         text = f" <think> The answer to this step is {hop['answer']}. </think>"
     answer = demo["answer"]
@@ -183,7 +188,7 @@ def warm_up(model: Any, demos: list, chunks: list, settings: dict[str, Any], pad
     steps, batch_size, lr = settings["warmup_steps"], settings["warmup_batch_size"], settings["warmup_lr"]
     rng = random.Random(f"warmup:{seed}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    n_demo = max(1, round(batch_size * DEMO_FRACTION)) if demos else 0
+    n_demo = max(1, round(batch_size * settings.get("demo_fraction", DEMO_FRACTION))) if demos else 0
     losses = []
     model.train()
     for step in range(steps):
@@ -211,14 +216,11 @@ def run(cfg: dict[str, Any]) -> None:
     torch.manual_seed(seed)
     corpus = [doc["contents"] for doc in read_corpus(cfg)]
     world = toyworld.build_world(cfg["toyworld"])
-    by_title: dict[str, list[str]] = {}
-    for contents in corpus:
-        by_title.setdefault(contents.split("\n", 1)[0], []).append(contents)
-    rng = random.Random(f"demos:{seed}")
-    demos = [
-        (d["question"], demonstration_segments(d, by_title, rng))
-        for d in toyworld.demonstrations(world, settings.get("demonstrations", 200), seed)
-    ]
+    drawn = toyworld.demonstrations(world, settings.get("demonstrations", 200), seed)
+    with retriever_for_job(cfg, mode="in_process") as client:
+        results = retrieved_contents(drawn, client, int(cfg["retriever"].get("topk", 5)))
+    demos = [(d["question"], segments) for d in drawn if (segments := demonstration_segments(d, results))]
+    print(f"build_base_model: {len(demos)} of {len(drawn)} demonstrations kept (each hop's answer retrieved)")
 
     questions = [q.question for q in world.question_sets()["musique_train"]]
     # Every prompt repeats the template, so the tokenizer sees it as often as it sees demonstrations;
@@ -231,18 +233,27 @@ def run(cfg: dict[str, Any]) -> None:
     encoded_demos = [encode_demonstration(tokenizer, q, segments) for q, segments in demos]
     losses = warm_up(model, encoded_demos, passage_chunks(tokenizer, corpus), settings, tokenizer.pad_token_id, seed)
 
-    out_dir = paths.base_model_dir(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
     summary = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
         "demonstrations": len(encoded_demos),
+        "demonstrations_drawn": len(drawn),
         "final_loss": losses[-1] if losses else None,
         "seconds": round(time.time() - start, 1),
     }
-    (Path(out_dir) / "build_info.json").write_text(json.dumps(summary, indent=2) + "\n")
+    out_dir = paths.base_model_dir(cfg)
+    save_atomically(model, tokenizer, summary, out_dir)
     print(f"build_base_model: {summary} -> {out_dir}")
+
+
+def save_atomically(model: Any, tokenizer: Any, summary: dict[str, Any], out_dir: Path) -> None:
+    """Written beside out_dir and renamed into place: a killed build never leaves a half-saved model."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "build_info.json").write_text(json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)

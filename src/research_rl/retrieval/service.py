@@ -107,13 +107,25 @@ def start_service(cfg: dict[str, Any], startup_timeout: float = STARTUP_TIMEOUT_
             stop_process(process)
 
 
+def job_mode(cfg: dict[str, Any]) -> str:
+    """"in_process" for a single CPU process with no shared service configured (the embedded default:
+    a service process would only add start-up time), else "auto"."""
+    import torch
+
+    single_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1
+    return "in_process" if single_cpu and not cfg["retriever"]["server"].get("url") else "auto"
+
+
 @contextlib.contextmanager
 def retriever_for_job(cfg: dict[str, Any], mode: str = "auto") -> Iterator[SearchClient]:
     """A SearchClient for one job.
 
     mode "auto": the shared service at retriever.server.url when set, else a service started for this
     job and stopped after it. mode "in_process": load the index here and search it directly.
+    mode "job": job_mode(cfg) decides.
     """
+    if mode == "job":
+        mode = job_mode(cfg)
     if mode not in MODES:
         raise ValueError(f"unknown retriever mode {mode!r}: use one of {', '.join(MODES)}")
     if mode == "in_process":

@@ -301,9 +301,7 @@ def _search_client(cfg: dict[str, Any], client: Any) -> Iterator[Any]:
         return
     from research_rl.retrieval.service import retriever_for_job
 
-    single_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1
-    mode = "in_process" if single_cpu and not cfg["retriever"]["server"].get("url") else "auto"
-    with retriever_for_job(cfg, mode=mode) as found:
+    with retriever_for_job(cfg, mode="job") as found:
         yield found
 
 
