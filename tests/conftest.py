@@ -47,6 +47,26 @@ def tiny_tokenizer():
     return make_tiny_tokenizer([RE_SEARCH_TEMPLATE, SYSTEM_PROMPT, "Who founded the city of Brimmow?"] * 4)
 
 
+def random_qwen2(tokenizer, *, layers: int = 1, positions: int = 512, seed: int = 0):
+    """A tiny randomly initialised Qwen2 causal LM over `tokenizer`'s vocabulary (seeded)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=positions,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen2ForCausalLM(config)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_qwen2
 
 from research_rl import paths
 from research_rl.config import load_config
@@ -143,21 +144,7 @@ def test_demonstrations_search_the_real_index(built):
 
 @pytest.fixture(scope="module")
 def random_lm(tiny_tokenizer):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-    )
-    return Qwen2ForCausalLM(config).eval()
+    return random_qwen2(tiny_tokenizer, layers=2).eval()
 
 
 def test_greedy_matches_transformers_generate_with_left_padding(random_lm, tiny_tokenizer):

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import random_qwen2
 from test_eval_methods import CharGenerator, RecordingSearch
 
 from research_rl.evaluation import evaluate
@@ -158,22 +159,7 @@ def test_bootstrap_ci():
 @pytest.fixture
 def tiny_checkpoint(tmp_path, tiny_tokenizer):
     """A 1-layer random Qwen2 saved like any checkpoint, as the base model and as the trained policy."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=4096,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-    )
-    model = Qwen2ForCausalLM(config)
+    model = random_qwen2(tiny_tokenizer, positions=4096)
     for path in (tmp_path / "base", tmp_path / "results" / "models" / "tiny-base" / "final"):
         model.save_pretrained(path)
         tiny_tokenizer.save_pretrained(path)

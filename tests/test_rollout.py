@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 import torch
+from conftest import random_qwen2
 
 from research_rl.generation import Generation
 from research_rl.training.rollout import ENV_LOGPROB, RESULT_TEMPLATE, format_passages, run_rollouts
@@ -159,21 +160,10 @@ def test_empty_query_is_not_sent_and_gets_an_empty_result():
 def trl_trainer(tmp_path_factory, tiny_tokenizer):
     """A real GRPOTrainer on a tiny random Qwen2, to call its loss directly."""
     from datasets import Dataset
-    from transformers import Qwen2Config, Qwen2ForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-    )
     model_dir = tmp_path_factory.mktemp("model")  # a path, so TRL can load the KL reference from it
-    Qwen2ForCausalLM(config).save_pretrained(model_dir)
+    random_qwen2(tiny_tokenizer, positions=256).save_pretrained(model_dir)
     tiny_tokenizer.save_pretrained(model_dir)
     args = GRPOConfig(
         output_dir=str(tmp_path_factory.mktemp("trl")),
