@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "eos", "length"]
 
@@ -46,3 +46,24 @@ class Generator(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, token_ids: Sequence[int]) -> str: ...
+
+
+class TokenizerText:
+    """encode/decode through a Hugging Face tokenizer as every backend needs them: no special tokens
+    added when encoding, none skipped when decoding (the reward must see the EOS)."""
+
+    tokenizer: Any
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
+
+
+def per_prompt_budgets(max_new_tokens: Sequence[int] | int, n_prompts: int) -> list[int]:
+    """One token budget per prompt, from a single budget or a list of them."""
+    budgets = [max_new_tokens] * n_prompts if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != n_prompts:
+        raise ValueError(f"{n_prompts} prompts but {len(budgets)} token budgets")
+    return budgets

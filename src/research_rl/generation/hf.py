@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from research_rl.generation import FinishReason, Generation
+from research_rl.generation import FinishReason, Generation, TokenizerText, per_prompt_budgets
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -40,7 +40,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask
 
 
-class TransformersGenerator:
+class TransformersGenerator(TokenizerText):
     """Batched sampling (greedy at temperature 0) with per-row budgets, stop strings and EOS."""
 
     def __init__(self, model: Any, tokenizer: Any, device: str | torch.device | None = "cpu") -> None:
@@ -50,12 +50,6 @@ class TransformersGenerator:
         self.eos_token: str = tokenizer.eos_token
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
 
     def _hit_stop(self, tokens: list[int], stop: Sequence[str]) -> bool:
         """Did the newest token complete a stop string? A string of n characters spans at most n tokens,
@@ -73,7 +67,7 @@ class TransformersGenerator:
     ) -> list[Generation]:
         if not prompts:
             return []
-        budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        budgets = per_prompt_budgets(max_new_tokens, len(prompts))
         was_training = self.model.training
         self.model.eval()  # the KV cache is off under gradient checkpointing in train mode
         try:

@@ -16,13 +16,13 @@ from typing import Any
 
 import httpx
 
-from research_rl.generation import FinishReason, Generation
+from research_rl.generation import FinishReason, Generation, TokenizerText, per_prompt_budgets
 
 # Status codes worth another try: the server is starting, overloaded, or briefly failing.
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class OpenAICompletionsGenerator:
+class OpenAICompletionsGenerator(TokenizerText):
     """Continues token-id prompts through `POST {base_url}/completions`, one request per prompt.
 
     Requests for one batch go out concurrently; the engine batches them itself (continuous batching).
@@ -55,12 +55,6 @@ class OpenAICompletionsGenerator:
     def close(self) -> None:
         self._client.close()
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
-
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
@@ -69,9 +63,7 @@ class OpenAICompletionsGenerator:
         stop: Sequence[str] = (),
         temperature: float = 1.0,
     ) -> list[Generation]:
-        budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        if len(budgets) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(budgets)} token budgets")
+        budgets = per_prompt_budgets(max_new_tokens, len(prompts))
         jobs = list(zip(prompts, budgets, strict=True))
         if len(jobs) <= 1:
             return [self._complete_one(p, b, stop, temperature) for p, b in jobs]

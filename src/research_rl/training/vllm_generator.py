@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from research_rl.generation import Generation
+from research_rl.generation import Generation, TokenizerText, per_prompt_budgets
 
 
-class VLLMColocateGenerator:
+class VLLMColocateGenerator(TokenizerText):
     """Per-row SamplingParams (budget, stop string kept in the output, sampled-token log-prob)."""
 
     def __init__(self, llm: Any, tokenizer: Any) -> None:
@@ -22,12 +22,6 @@ class VLLMColocateGenerator:
         self.tokenizer = tokenizer
         self.eos_token: str = tokenizer.eos_token
         self.eos_id = tokenizer.eos_token_id
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
 
     def generate(
         self,
@@ -39,7 +33,7 @@ class VLLMColocateGenerator:
     ) -> list[Generation]:
         from vllm import SamplingParams, TokensPrompt
 
-        budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        budgets = per_prompt_budgets(max_new_tokens, len(prompts))
         params = [
             SamplingParams(
                 n=1,
