@@ -224,17 +224,6 @@ def test_resume_after_sigkill_reaches_the_same_final_step(small_workspace, tmp_p
 
 # ------------------------------------------------------------------------------------- learning check
 
-LEARNING = dict(
-    num_generations=5,
-    train_batch_prompts=8,
-    per_device_batch_prompts=8,
-    max_response_length=384,
-    max_turns=3,
-    learning_rate=1.0e-4,
-    max_steps=30,
-    save_steps=100,
-)
-
 
 def fifth_means(rows: list[dict], key: str) -> tuple[float, float]:
     fifth = max(1, len(rows) // 5)
@@ -244,21 +233,24 @@ def fifth_means(rows: list[dict], key: str) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_grpo_raises_the_reward_on_the_embedded_default(tmp_path):
-    """The pipeline's end-to-end check: the full toy world, the config's tiny base model (warm-up as
-    configured), BM25 retrieval in-process, a fixed seed; the reward and the format rate must rise.
+    """The pipeline's end-to-end check: the full toy world, the embedded default's base model and GRPO
+    settings exactly as configured (first 30 of its 60 steps), BM25 retrieval in-process, a fixed seed;
+    the reward and the format rate must rise.
 
-    Measured (2 shared CPU cores, about 7 minutes: 4 for the base model, 3 for 30 GRPO steps): reward
-    0.030 -> 0.056 and format rate 0.30 -> 0.53 from the first to the last fifth. Searches per rollout
-    FALL (2.1 -> 1.0): with 5 passages per search and a 384-token budget, the cheapest way to a
-    well-formed response is fewer searches, and the tiny model rarely reads the right answer (F1 ~ 0).
+    Measured (2 CPU cores, 6 min 49 s: 4 for the base model, the rest 30 GRPO steps): reward 0.076 ->
+    0.097 and format rate 0.61 -> 0.87 from the first to the last fifth (the DAG's own 60 steps with dense
+    retrieval: 0.074 -> 0.109 and 0.69 -> 0.94). F1 stays near 0.01 and searches per rollout FALL: the
+    tiny model rarely reads the answer out of its results, so the cheapest well-formed response is the
+    shorter one. The bounds leave room for another CPU's floating point.
     """
-    config = make_workspace(tmp_path / "ws", warmup_steps=300, full_world=True)
-    cfg = with_grpo(config, tmp_path / "results", **LEARNING)
+    configured = load_config(REPO / "config" / "config.yaml")["base_model"]["warmup_steps"]
+    config = make_workspace(tmp_path / "ws", warmup_steps=configured, full_world=True)
+    cfg = with_grpo(config, tmp_path / "results", max_steps=30, save_steps=100)
     grpo.run(cfg, "tiny-base")
     rows = grpo.read_metrics(paths.trained_model_dir(cfg, "tiny-base") / grpo.METRICS_FILE)
     assert [r["step"] for r in rows] == list(range(1, 31))
     reward_first, reward_last = fifth_means(rows, "reward_mean")
     format_first, format_last = fifth_means(rows, "format_rate")
     print(f"reward {reward_first:.3f} -> {reward_last:.3f}, format rate {format_first:.2f} -> {format_last:.2f}")
-    assert reward_last > reward_first + 0.01 and reward_last > 1.5 * reward_first
-    assert format_last > format_first + 0.1
+    assert reward_last > reward_first + 0.01
+    assert format_last > format_first + 0.15
