@@ -27,3 +27,18 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         raise RuntimeError("killed mid-write")
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_atomic_directory_replaces_the_old_one_and_clears_a_killed_attempt(tmp_path):
+    from research_rl.atomic import atomic_directory
+
+    target = tmp_path / "index"
+    target.mkdir()
+    (target / "stale.bin").write_text("old")
+    (tmp_path / ".index.tmp").mkdir()  # what a killed build left behind
+    (tmp_path / ".index.tmp" / "half.bin").write_text("half")
+    with atomic_directory(target) as tmp:
+        assert list(tmp.iterdir()) == []
+        (tmp / "new.bin").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,3 +46,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_directory(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Put the finished directory `tmp` in place of `path` (whatever `path` held before is removed)."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A fresh directory beside `path` to write into; it replaces `path` when the block ends, so a killed
+    job never leaves a half-written directory under the real name (a leftover is cleared next time)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    replace_directory(tmp, path)

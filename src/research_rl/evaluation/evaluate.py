@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from research_rl import paths
-from research_rl.atomic import atomic_write_text
+from research_rl.data.jsonl import write_json
 from research_rl.evaluation.bootstrap import bootstrap_ci
 from research_rl.evaluation.judge import judge_from_config
 from research_rl.evaluation.methods import DEFAULT_BATCH_SIZE, METHODS, USES_RETRIEVAL
@@ -71,7 +71,7 @@ def run(
     records = [r for r in read_predictions(pred_path) if r["id"] in wanted]
     summary = summarize(records, cfg)
     summary.update(model=model, benchmark=benchmark, split=split, method=method)
-    _write_json_atomic(out_dir / "metrics.json", summary)
+    write_json(out_dir / "metrics.json", summary)
     _log(f"evaluate {model}/{benchmark}/{method}: em={summary['em']:.3f} f1={summary['f1']:.3f} n={summary['n']}")
 
 
@@ -202,10 +202,6 @@ def summarize(records: Sequence[dict[str, Any]], cfg: dict[str, Any]) -> dict[st
     searches = [r["num_searches"] for r in records]
     summary["mean_searches"] = sum(searches) / len(searches) if searches else 0.0
     return summary
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _log(message: str) -> None:

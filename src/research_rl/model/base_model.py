@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 import torch
 
 from research_rl import paths
+from research_rl.atomic import atomic_directory
 from research_rl.data import toyworld
 from research_rl.data.jsonl import open_text
 from research_rl.prompts import RE_SEARCH_TEMPLATE, SYSTEM_PROMPT, render_base
@@ -250,10 +249,7 @@ def run(cfg: dict[str, Any]) -> None:
 
 def save_atomically(model: Any, tokenizer: Any, summary: dict[str, Any], out_dir: Path) -> None:
     """Written beside out_dir and renamed into place: a killed build never leaves a half-saved model."""
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "build_info.json").write_text(json.dumps(summary, indent=2) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "build_info.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -6,12 +6,12 @@ stemming), which is what bm25s does by default and what FlashRAG's bm25s backend
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from research_rl.atomic import atomic_directory
 from research_rl.retrieval.corpus import Corpus
 from research_rl.retrieval.meta import BM25_MODEL
 
@@ -33,12 +33,8 @@ def build(cfg: dict[str, Any], corpus: Corpus, out_dir: Path) -> dict[str, Any]:
     k1, b = bm25_cfg.get("k1", 1.5), bm25_cfg.get("b", 0.75)
     retriever = bm25s.BM25(k1=k1, b=b)
     retriever.index(_tokenize(list(corpus.iter_contents()), return_ids=True), show_progress=True)
-    final = out_dir / BM25_DIR
-    tmp = out_dir / f".{BM25_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    retriever.save(str(tmp), show_progress=False)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with atomic_directory(out_dir / BM25_DIR) as tmp:
+        retriever.save(str(tmp), show_progress=False)
     return {"model": BM25_MODEL, "dimension": None, "index_type": "bm25", "k1": k1, "b": b}
 
 

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from research_rl.atomic import atomic_output, atomic_write_text
+from research_rl.atomic import atomic_output
+from research_rl.data.jsonl import write_json
 from research_rl.retrieval.corpus import Corpus
 from research_rl.retrieval.encoder import Encoder, load_encoder
 
@@ -59,7 +60,7 @@ def _prepare_shard_dir(shard_dir: Path, manifest: dict[str, Any]) -> None:
         print(f"embeddings in {shard_dir} were made from other inputs; re-embedding", file=sys.stderr)
         shutil.rmtree(shard_dir)
     shard_dir.mkdir(parents=True)
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_json(manifest_path, manifest)
 
 
 def embed_corpus(

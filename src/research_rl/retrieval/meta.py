@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from research_rl.atomic import atomic_write_text
+from research_rl.data.jsonl import write_json
 
 META_NAME = "meta.json"
 BM25_MODEL = "bm25"
@@ -36,7 +36,7 @@ def make_meta(
 
 
 def write_meta(index_dir: Path, meta: dict[str, Any]) -> None:
-    atomic_write_text(index_dir / META_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_json(index_dir / META_NAME, meta)
 
 
 def read_meta(index_dir: Path) -> dict[str, Any]:

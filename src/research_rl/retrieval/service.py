@@ -26,7 +26,7 @@ from research_rl.retrieval.client import HttpSearchClient, InProcessSearchClient
 from research_rl.retrieval.searcher import load_searcher
 from research_rl.retrieval.server import PARENT_PID_ENV
 
-MODES = ("auto", "in_process")
+MODES = ("auto", "in_process", "job")
 STARTUP_TIMEOUT_SECONDS = 600.0  # loading a wiki-scale index takes minutes
 STOP_TIMEOUT_SECONDS = 15.0
 CONFIG_PATH_KEY = "_config_path"  # added by research_rl.config.load_config; not part of the schema

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 
 from research_rl import paths
-from research_rl.atomic import atomic_write_text
+from research_rl.atomic import atomic_write_text, replace_directory
 from research_rl.reward import score_with_reason
 from research_rl.training.rollout import run_rollouts
 
@@ -351,6 +350,5 @@ def save_final(trainer: Any, out_dir: Path) -> None:
     trainer.save_model(str(tmp))  # every rank must call it (ZeRO-3 gathers the weights)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(str(tmp))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        replace_directory(tmp, final)
     trainer.accelerator.wait_for_everyone()
