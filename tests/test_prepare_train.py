@@ -40,8 +40,13 @@ def cfg(tmp_path, tiny_tokenizer) -> dict:
     cfg["paths"]["data"] = str(tmp_path / "data")
     tokenizer_dir = tmp_path / "tok"
     tiny_tokenizer.save_pretrained(tokenizer_dir)
-    base = {"name": "toy-base", "path": str(tokenizer_dir), "apply_chat": False,
-            "template": "re_search_template", "size": "tiny"}
+    base = {
+        "name": "toy-base",
+        "path": str(tokenizer_dir),
+        "apply_chat": False,
+        "template": "re_search_template",
+        "size": "tiny",
+    }
     instruct = dict(base, name="toy-instruct", apply_chat=True, template="re_search_template_sys")
     cfg["models"] = [base, instruct]
     train = [qa_record(i) for i in range(20)] + [qa_record(100, answerable=False), qa_record(101, long=True)]

@@ -7,6 +7,7 @@ test_retrieval_index.py.
 from __future__ import annotations
 
 import copy
+import gc
 import socket
 import threading
 from pathlib import Path
@@ -60,6 +61,11 @@ def post(service, route: str, body) -> httpx.Response:
 def test_health(service):
     body = httpx.get(f"{service.url}/health").json()
     assert body["status"] == "healthy" and body["passages"] == N_PASSAGES
+
+
+def test_loaded_index_is_kept_out_of_garbage_collection(service):
+    # A full collection over the loaded model and index stalled a batch by ~250 ms (benchmarks/retriever.py).
+    assert gc.get_freeze_count() > 0
 
 
 def test_research_search(world, service):

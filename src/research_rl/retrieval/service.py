@@ -108,7 +108,7 @@ def start_service(cfg: dict[str, Any], startup_timeout: float = STARTUP_TIMEOUT_
 
 
 def job_mode(cfg: dict[str, Any]) -> str:
-    """"in_process" for a single CPU process with no shared service configured (the embedded default:
+    """ "in_process" for a single CPU process with no shared service configured (the embedded default:
     a service process would only add start-up time), else "auto"."""
     import torch
 
