@@ -271,6 +271,9 @@ def test_demonstrations_come_from_musique_train_and_are_deterministic(world):
             assert "#" not in step["query"] and step["answer"] in step["contents"]
             assert step["contents"].startswith(f'"{step["title"]}"\n')
     assert len(tw.demonstrations(world, 700, seed=1)) == 700  # more than the pool: cycles
+    dev = tw.demonstrations(world, 30, seed=7, split="musique_dev")  # benchmarks/base_model_reading.py
+    dev_ids = {tw.musique_id(q) for q in world.question_sets()["musique_dev"]}
+    assert {d["id"] for d in dev} <= dev_ids and not dev_ids & train_ids
 
 
 def test_bad_settings_fail_with_the_key_named():

@@ -713,15 +713,16 @@ def resolve(question: str, answers: list[str]) -> str:
     return question
 
 
-def demonstrations(world: World, n: int, seed: int) -> list[dict[str, Any]]:
-    """`n` MuSiQue-style worked items for the base model's warm-up, drawn from the MuSiQue train set only.
+def demonstrations(world: World, n: int, seed: int, split: str = "musique_train") -> list[dict[str, Any]]:
+    """`n` MuSiQue-style worked items drawn from one question set: the MuSiQue train set for the base
+    model's warm-up (never an evaluation set), the dev set to measure how well a model reads its results.
 
     Each item: id, question, answer, golden_answers, and question_decomposition, a list of hops with the
     sub-question as MuSiQue writes it ("#1" for an earlier answer), `query` (the same with the answers
     filled in, i.e. what one would search for), the hop's answer and its supporting passage (`contents`
     in FlashRAG corpus format).
     """
-    pool = world.question_sets()["musique_train"]
+    pool = world.question_sets()[split]
     if not pool or n <= 0:
         return []
     rng = random.Random(f"demonstrations:{seed}")
