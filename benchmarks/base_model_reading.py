@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO_ROOT / "config" / "config.yaml"))
     parser.add_argument("--model-dir", default=None, help="default: the config's base model")
     parser.add_argument("--questions", type=int, default=60)
+    parser.add_argument("--split", default="musique_dev", help="musique_train: the warm-up's own questions")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = load_config(args.config)
@@ -50,7 +51,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     world = toyworld.build_world(cfg["toyworld"])
-    demos = toyworld.demonstrations(world, args.questions, int(cfg["seed"]), split="musique_dev")[: args.questions]
+    demos = toyworld.demonstrations(world, args.questions, int(cfg["seed"]), split=args.split)[: args.questions]
     with retriever_for_job(cfg, mode="in_process") as client:
         results = retrieved_contents(demos, client, int(cfg["retriever"]["topk"]))
     answers = queries = answer_steps = query_steps = skipped = 0
@@ -72,7 +73,7 @@ def main() -> None:
                 queries += written.startswith(hops[number + 1]["query"])
                 query_steps += 1
                 prefix += segments[2 * number + 2][0] + segments[2 * number + 3][0]
-    print(f"model {model_dir}: {len(demos) - skipped} MuSiQue-dev questions")
+    print(f"model {model_dir}: {len(demos) - skipped} {args.split} questions")
     print(f"({skipped} more left out: a hop's answer was not among its results)")
     print(f"hop answer read from the results: {answers}/{answer_steps} = {answers / max(1, answer_steps):.2f}")
     print(f"next query written with it:      {queries}/{query_steps} = {queries / max(1, query_steps):.2f}")

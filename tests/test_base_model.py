@@ -119,6 +119,27 @@ def test_demonstrations_mask_prompt_and_results(built):
         assert "\n\n".join(results[hop["query"]]) in ignored
 
 
+def test_reading_drills_are_one_hop_each_learning_only_the_model_turns(built):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(paths.base_model_dir(built))
+    world = toyworld.build_world(built["toyworld"])
+    demo = next(d for d in toyworld.demonstrations(world, 20, seed=0) if len(d["question_decomposition"]) >= 2)
+    results = hop_results(demo, [p.contents for p in world.passages])
+    drills = base_model.reading_drills(base_model.demonstration_segments(demo, results))
+    assert len(drills) == len(demo["question_decomposition"])
+    for hop, drill in zip(demo["question_decomposition"], drills, strict=True):
+        ids, labels = base_model.encode_demonstration(tokenizer, None, drill)
+        learned = tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab != base_model.IGNORE])
+        ignored = tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab == base_model.IGNORE])
+        assert learned == (
+            f" <think> I need to find out: {hop['query']} </think> <search> {hop['query']} </search>"
+            f" <think> The answer to this step is {hop['answer']}. </think>"
+        )
+        assert ignored.startswith(" <result>\n") and "\n\n".join(results[hop["query"]]) in ignored
+        assert "Assistant:" not in tokenizer.decode(ids) and ids[-1] != tokenizer.eos_token_id
+
+
 def test_demonstration_whose_answer_was_not_retrieved_is_dropped(built):
     world = toyworld.build_world(built["toyworld"])
     demo = toyworld.demonstrations(world, 1, seed=0)[0]

@@ -85,6 +85,19 @@ def demonstration_segments(demo: dict[str, Any], results: dict[str, list[str]]) 
     return segments
 
 
+def reading_drills(segments: list[tuple[str, bool]]) -> list[list[tuple[str, bool]]]:
+    """One short example per hop of a demonstration: its search, its results and the sentence that
+    reads the hop's answer out of them (no prompt, no other hops). A quarter of a demonstration's
+    tokens for the same reading lesson; the answer sentence is cut before the next hop's search."""
+    drills = []
+    for number in range(1, len(segments) - 1, 2):
+        search, results, after = segments[number - 1][0], segments[number][0], segments[number + 1][0]
+        read = after[: after.index("</think>") + len("</think>")]
+        search = search[search.rfind(" <think> I need to find out:") :]
+        drills.append([(search, True), (results, False), (read, True)])
+    return drills
+
+
 # ---------------------------------------------------------------------------------------- tokenizer
 
 
@@ -112,17 +125,19 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 
 
 def encode_demonstration(
-    tokenizer: Any, question: str, segments: list[tuple[str, bool]]
+    tokenizer: Any, question: str | None, segments: list[tuple[str, bool]]
 ) -> tuple[list[int], list[int]]:
-    """input ids and labels: prompt and result segments get IGNORE, model segments and EOS their ids."""
-    ids = tokenizer.encode(render_base(question), add_special_tokens=False)
+    """input ids and labels: prompt and result segments get IGNORE, model segments and EOS their ids.
+    A reading drill (question None) has no prompt and no EOS: it stops in mid-response."""
+    ids = tokenizer.encode(render_base(question), add_special_tokens=False) if question is not None else []
     labels = [IGNORE] * len(ids)
     for text, is_model in segments:
         piece = tokenizer.encode(text, add_special_tokens=False)
         ids += piece
         labels += piece if is_model else [IGNORE] * len(piece)
-    ids.append(tokenizer.eos_token_id)
-    labels.append(tokenizer.eos_token_id)
+    if question is not None:
+        ids.append(tokenizer.eos_token_id)
+        labels.append(tokenizer.eos_token_id)
     return ids, labels
 
 
@@ -182,12 +197,16 @@ def _token_mean_loss(model: Any, groups: list[list], pad_id: int) -> torch.Tenso
     return total / max(count, 1)
 
 
-def warm_up(model: Any, demos: list, chunks: list, settings: dict[str, Any], pad_id: int, seed: int) -> list[float]:
-    """AdamW with linear warm-up and cosine decay; each batch mixes demonstrations and passage chunks."""
+def warm_up(
+    model: Any, demos: list, chunks: list, settings: dict[str, Any], pad_id: int, seed: int, drills: list = ()
+) -> list[float]:
+    """AdamW with linear warm-up and cosine decay; each batch mixes demonstrations, reading drills and
+    passage chunks (`demo_fraction` of the batch demonstrations, `drill_fraction` drills, the rest chunks)."""
     steps, batch_size, lr = settings["warmup_steps"], settings["warmup_batch_size"], settings["warmup_lr"]
     rng = random.Random(f"warmup:{seed}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     n_demo = max(1, round(batch_size * settings.get("demo_fraction", DEMO_FRACTION))) if demos else 0
+    n_drill = min(batch_size - n_demo, round(batch_size * settings.get("drill_fraction", 0.0))) if drills else 0
     losses = []
     model.train()
     for step in range(steps):
@@ -195,8 +214,9 @@ def warm_up(model: Any, demos: list, chunks: list, settings: dict[str, Any], pad
         for group in optimizer.param_groups:
             group["lr"] = lr * scale
         demo_batch = [rng.choice(demos) for _ in range(n_demo)]
-        chunk_batch = [(c, c) for c in (rng.choice(chunks) for _ in range(batch_size - n_demo))]
-        loss = _token_mean_loss(model, [demo_batch, chunk_batch], pad_id)
+        drill_batch = [rng.choice(drills) for _ in range(n_drill)]
+        chunk_batch = [(c, c) for c in (rng.choice(chunks) for _ in range(batch_size - n_demo - n_drill))]
+        loss = _token_mean_loss(model, [demo_batch, drill_batch, chunk_batch], pad_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -230,7 +250,9 @@ def run(cfg: dict[str, Any]) -> None:
     model = make_model(settings, tokenizer)
 
     encoded_demos = [encode_demonstration(tokenizer, q, segments) for q, segments in demos]
-    losses = warm_up(model, encoded_demos, passage_chunks(tokenizer, corpus), settings, tokenizer.pad_token_id, seed)
+    drills = [encode_demonstration(tokenizer, None, d) for _, segments in demos for d in reading_drills(segments)]
+    chunks = passage_chunks(tokenizer, corpus)
+    losses = warm_up(model, encoded_demos, chunks, settings, tokenizer.pad_token_id, seed, drills)
 
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -239,6 +261,7 @@ def run(cfg: dict[str, Any]) -> None:
         "vocab_size": len(tokenizer),
         "demonstrations": len(encoded_demos),
         "demonstrations_drawn": len(drawn),
+        "reading_drills": len(drills),
         "final_loss": losses[-1] if losses else None,
         "seconds": round(time.time() - start, 1),
     }
