@@ -26,7 +26,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from research_rl import paths  # noqa: E402
 from research_rl.config import load_config  # noqa: E402
 from research_rl.data import toyworld  # noqa: E402
-from research_rl.model.base_model import demonstration_segments, retrieved_contents  # noqa: E402
+from research_rl.model.base_model import (  # noqa: E402
+    READ_PREFIX,
+    SEARCH_PREFIX,
+    demonstration_segments,
+    read_turn,
+    result_block,
+    retrieved_contents,
+    search_turn,
+)
 from research_rl.prompts import render_base  # noqa: E402
 from research_rl.retrieval.service import retriever_for_job  # noqa: E402
 
@@ -56,23 +64,18 @@ def main() -> None:
         results = retrieved_contents(demos, client, int(cfg["retriever"]["topk"]))
     answers = queries = answer_steps = query_steps = skipped = 0
     for demo in demos:
-        segments = demonstration_segments(demo, results)
-        if segments is None:  # a hop's answer was not retrieved: nothing to read
+        if demonstration_segments(demo, results) is None:  # a hop's answer was not retrieved: nothing to read
             skipped += 1
             continue
-        hops = demo["question_decomposition"]
-        prefix = render_base(demo["question"]) + segments[0][0] + segments[1][0]
-        for number, hop in enumerate(hops):
-            answers += greedy(model, tokenizer, prefix + " <think> The answer to this step is", 12).startswith(
-                hop["answer"]
-            )
-            answer_steps += 1
-            if number + 1 < len(hops):
-                told = prefix + f" <think> The answer to this step is {hop['answer']}. </think>"
-                written = greedy(model, tokenizer, told + " <think> I need to find out:", 32)
-                queries += written.startswith(hops[number + 1]["query"])
+        prefix = render_base(demo["question"])
+        for number, hop in enumerate(demo["question_decomposition"]):
+            if number:  # the next query, written right after the previous hop's answer
+                queries += greedy(model, tokenizer, prefix + SEARCH_PREFIX, 32).startswith(hop["query"])
                 query_steps += 1
-                prefix += segments[2 * number + 2][0] + segments[2 * number + 3][0]
+            prefix += search_turn(hop["query"]) + result_block(results[hop["query"]])
+            answers += greedy(model, tokenizer, prefix + READ_PREFIX, 12).startswith(hop["answer"])
+            answer_steps += 1
+            prefix += read_turn(hop["answer"])
     print(f"model {model_dir}: {len(demos) - skipped} {args.split} questions")
     print(f"({skipped} more left out: a hop's answer was not among its results)")
     print(f"hop answer read from the results: {answers}/{answer_steps} = {answers / max(1, answer_steps):.2f}")

@@ -126,7 +126,7 @@ def test_reading_drills_are_one_hop_each_learning_only_the_model_turns(built):
     world = toyworld.build_world(built["toyworld"])
     demo = next(d for d in toyworld.demonstrations(world, 20, seed=0) if len(d["question_decomposition"]) >= 2)
     results = hop_results(demo, [p.contents for p in world.passages])
-    drills = base_model.reading_drills(base_model.demonstration_segments(demo, results))
+    drills = base_model.reading_drills(demo, results)
     assert len(drills) == len(demo["question_decomposition"])
     for hop, drill in zip(demo["question_decomposition"], drills, strict=True):
         ids, labels = base_model.encode_demonstration(tokenizer, None, drill)

@@ -65,6 +65,24 @@ def retrieved_contents(demos: list[dict[str, Any]], search_client: Any, top_n: i
     return {query: [doc["contents"] for doc in docs] for query, docs in zip(queries, found, strict=True)}
 
 
+# How a worked response phrases its steps; benchmarks/base_model_reading.py cuts prompts at these.
+SEARCH_PREFIX = " <think> I need to find out:"
+READ_PREFIX = " <think> The answer to this step is"
+
+
+def search_turn(query: str) -> str:
+    return f"{SEARCH_PREFIX} {query} </think> <search> {query} </search>"
+
+
+def read_turn(answer: str) -> str:
+    return f"{READ_PREFIX} {answer}. </think>"
+
+
+def result_block(passages: list[str]) -> str:
+    """The ` <result>…</result>` segment a rollout appends for these passage contents."""
+    return RESULT_TEMPLATE.format(passages=format_passages([{"contents": contents} for contents in passages]))
+
+
 def demonstration_segments(demo: dict[str, Any], results: dict[str, list[str]]) -> list[tuple[str, bool]] | None:
     """A worked response as (text, is_model_text) segments, in rollout order, EOS not included; None
     when a hop's answer is not in what its search returned (the demonstration would teach guessing)."""
@@ -74,28 +92,27 @@ def demonstration_segments(demo: dict[str, Any], results: dict[str, list[str]]) 
         passages = results[hop["query"]]
         if not any(hop["answer"] in contents for contents in passages):
             return None
-        text += f" <think> I need to find out: {hop['query']} </think> <search> {hop['query']} </search>"
-        segments.append((text, True))
-        docs = [{"contents": contents} for contents in passages]
-        segments.append((RESULT_TEMPLATE.format(passages=format_passages(docs)), False))
-        text = f" <think> The answer to this step is {hop['answer']}. </think>"
+        segments.append((text + search_turn(hop["query"]), True))
+        segments.append((result_block(passages), False))
+        text = read_turn(hop["answer"])
     answer = demo["answer"]
     text += f" <answer> The final answer is \\[ \\boxed{{{answer}}} \\] </answer>"
     segments.append((text, True))
     return segments
 
 
-def reading_drills(segments: list[tuple[str, bool]]) -> list[list[tuple[str, bool]]]:
+def reading_drills(demo: dict[str, Any], results: dict[str, list[str]]) -> list[list[tuple[str, bool]]]:
     """One short example per hop of a demonstration: its search, its results and the sentence that
-    reads the hop's answer out of them (no prompt, no other hops). A quarter of a demonstration's
-    tokens for the same reading lesson; the answer sentence is cut before the next hop's search."""
-    drills = []
-    for number in range(1, len(segments) - 1, 2):
-        search, results, after = segments[number - 1][0], segments[number][0], segments[number + 1][0]
-        read = after[: after.index("</think>") + len("</think>")]
-        search = search[search.rfind(" <think> I need to find out:") :]
-        drills.append([(search, True), (results, False), (read, True)])
-    return drills
+    reads the hop's answer out of them (no prompt, no other hops): a quarter of a demonstration's
+    tokens for the same reading lesson."""
+    return [
+        [
+            (search_turn(hop["query"]), True),
+            (result_block(results[hop["query"]]), False),
+            (read_turn(hop["answer"]), True),
+        ]
+        for hop in demo["question_decomposition"]
+    ]
 
 
 # ---------------------------------------------------------------------------------------- tokenizer
@@ -238,7 +255,8 @@ def run(cfg: dict[str, Any]) -> None:
     drawn = toyworld.demonstrations(world, settings.get("demonstrations", 200), seed)
     with retriever_for_job(cfg, mode="in_process") as client:
         results = retrieved_contents(drawn, client, int(cfg["retriever"].get("topk", 5)))
-    demos = [(d["question"], segments) for d in drawn if (segments := demonstration_segments(d, results))]
+    kept = [(d, segments) for d in drawn if (segments := demonstration_segments(d, results))]
+    demos = [(d["question"], segments) for d, segments in kept]
     print(f"build_base_model: {len(demos)} of {len(drawn)} demonstrations kept (each hop's answer retrieved)")
 
     questions = [q.question for q in world.question_sets()["musique_train"]]
@@ -250,7 +268,9 @@ def run(cfg: dict[str, Any]) -> None:
     model = make_model(settings, tokenizer)
 
     encoded_demos = [encode_demonstration(tokenizer, q, segments) for q, segments in demos]
-    drills = [encode_demonstration(tokenizer, None, d) for _, segments in demos for d in reading_drills(segments)]
+    drills = []
+    if settings.get("drill_fraction", 0.0) > 0:  # only encoded when the warm-up will draw them
+        drills = [encode_demonstration(tokenizer, None, drill) for d, _ in kept for drill in reading_drills(d, results)]
     chunks = passage_chunks(tokenizer, corpus)
     losses = warm_up(model, encoded_demos, chunks, settings, tokenizer.pad_token_id, seed, drills)
 
