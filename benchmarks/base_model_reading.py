@@ -3,7 +3,8 @@
 Prints figures; it is not a test. For MuSiQue-dev questions of the toy world, each worked response is
 laid out as the rollout lays it out (the real top-k results of the built index in its <result> blocks)
 and cut before each step the model must get right; greedy decoding then writes
-- the hop's answer after "<think> The answer to this step is" (reading the answer out of the results),
+- the hop's read turn after "<think> I found:": a quote of a passage, then "The answer to this step is
+  X." with the hop's answer (reading the answer out of the results),
 - the next hop's query after "<think> I need to find out:" (carrying the answer into the next search).
 A multi-hop answer is right only if every such step is, so these bound what GRPO can reward beyond
 the format term. Run after `bash scripts/run.sh` has built the base model and the index:
@@ -27,6 +28,7 @@ from research_rl import paths  # noqa: E402
 from research_rl.config import load_config  # noqa: E402
 from research_rl.data import toyworld  # noqa: E402
 from research_rl.model.base_model import (  # noqa: E402
+    ANSWER_PREFIX,
     READ_PREFIX,
     SEARCH_PREFIX,
     demonstration_segments,
@@ -73,9 +75,10 @@ def main() -> None:
                 queries += greedy(model, tokenizer, prefix + SEARCH_PREFIX, 32).startswith(hop["query"])
                 query_steps += 1
             prefix += search_turn(hop["query"]) + result_block(results[hop["query"]])
-            answers += greedy(model, tokenizer, prefix + READ_PREFIX, 12).startswith(hop["answer"])
+            read = greedy(model, tokenizer, prefix + READ_PREFIX, 96)  # the quote, then the answer
+            answers += f"{ANSWER_PREFIX} {hop['answer']}." in read.split("</think>")[0]
             answer_steps += 1
-            prefix += read_turn(hop["answer"])
+            prefix += read_turn(hop["answer"], results[hop["query"]])
     print(f"model {model_dir}: {len(demos) - skipped} {args.split} questions")
     print(f"({skipped} more left out: a hop's answer was not among its results)")
     print(f"hop answer read from the results: {answers}/{answer_steps} = {answers / max(1, answer_steps):.2f}")

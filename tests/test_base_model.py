@@ -119,6 +119,38 @@ def test_demonstrations_mask_prompt_and_results(built):
         assert "\n\n".join(results[hop["query"]]) in ignored
 
 
+def test_early_answer_stops_searching_and_boxes_the_last_hop_read(built):
+    world = toyworld.build_world(built["toyworld"])
+    demo = next(d for d in toyworld.demonstrations(world, 20, seed=0) if len(d["question_decomposition"]) >= 3)
+    hops = demo["question_decomposition"]
+    results = hop_results(demo, [p.contents for p in world.passages])
+    early = base_model.demonstration_segments(demo, results, answer_after=2)
+    text = "".join(piece for piece, _ in early)
+    assert [s for s, _ in early] == [s for s, _ in base_model.demonstration_segments(demo, results)][:4] + [
+        base_model.read_turn(hops[1]["answer"], results[hops[1]["query"]])
+        + f" <answer> The final answer is \\[ \\boxed{{{hops[1]['answer']}}} \\] </answer>"
+    ]
+    assert text.count("<search>") == 2 and hops[2]["query"] not in text
+    for bad in (0, len(hops)):
+        with pytest.raises(ValueError, match="answer_after"):
+            base_model.demonstration_segments(demo, results, answer_after=bad)
+
+
+def test_early_answer_fraction_cuts_that_share_of_multi_hop_demonstrations(built):
+    world = toyworld.build_world(built["toyworld"])
+    demos = toyworld.demonstrations(world, 20, seed=0)
+    corpus = [p.contents for p in world.passages]
+    results = {q: found for demo in demos for q, found in hop_results(demo, corpus).items()}
+    kept = [(d, base_model.demonstration_segments(d, results)) for d in demos]
+    assert base_model.early_answers(kept, results, {}, seed=0) == kept  # default: none cut
+    cut = base_model.early_answers(kept, results, {"early_answer_fraction": 1.0}, seed=0)
+    for (demo, full), (_, segments) in zip(kept, cut, strict=True):
+        n_hops = len(demo["question_decomposition"])
+        searches = sum("<search>" in piece for piece, is_model in segments if is_model)
+        assert searches == n_hops if n_hops == 1 else 1 <= searches < n_hops
+        assert segments[-1][0].endswith("</answer>") and (n_hops > 1) == (segments != full)
+
+
 def test_reading_drills_are_one_hop_each_learning_only_the_model_turns(built):
     from transformers import AutoTokenizer
 
@@ -134,10 +166,35 @@ def test_reading_drills_are_one_hop_each_learning_only_the_model_turns(built):
         ignored = tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab == base_model.IGNORE])
         assert learned == (
             f" <think> I need to find out: {hop['query']} </think> <search> {hop['query']} </search>"
-            f" <think> The answer to this step is {hop['answer']}. </think>"
+            f" <think> I found:\n{hop['contents']}\nThe answer to this step is {hop['answer']}. </think>"
         )
         assert ignored.startswith(" <result>\n") and "\n\n".join(results[hop["query"]]) in ignored
         assert "Assistant:" not in tokenizer.decode(ids) and ids[-1] != tokenizer.eos_token_id
+
+
+def test_read_turn_quotes_the_first_retrieved_passage_that_holds_the_answer():
+    passages = ['"Ada"\nAda was born in 1900.', '"Ada"\nAda, a poet, was born in Lumo.', '"Ada"\nAda was born in Lumo.']
+    turn = base_model.read_turn("Lumo", passages)
+    assert turn == f" <think> I found:\n{passages[1]}\nThe answer to this step is Lumo. </think>"
+    with pytest.raises(StopIteration):
+        base_model.read_turn("Pell", passages)
+
+
+def test_warm_up_loss_is_the_language_model_loss_on_labelled_tokens(tiny_tokenizer):
+    """The loss skips the LM head on unlabelled positions; it must equal transformers' own loss."""
+    model = random_qwen2(tiny_tokenizer, layers=1)
+    skip = base_model.IGNORE
+    long_group = [([5, 6, 7, 8, 9, 10], [skip, skip, 7, 8, 9, 10]), ([11, 12, 13], [11, 12, 13])]
+    short_group = [([14, 15, 16], [14, skip, 16])]
+    ours = base_model._token_mean_loss(model, [long_group, [], short_group], pad_id=0)
+    total = count = 0
+    for group in (long_group, short_group):
+        batch = base_model.collate(group, 0)
+        tokens = int((batch["labels"][:, 1:] != base_model.IGNORE).sum())
+        total, count = total + model(**batch).loss * tokens, count + tokens
+    assert ours.item() == pytest.approx((total / count).item(), rel=1e-5)
+    ours.backward()
+    assert model.model.embed_tokens.weight.grad is not None
 
 
 def test_demonstration_whose_answer_was_not_retrieved_is_dropped(built):

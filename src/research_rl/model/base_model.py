@@ -67,15 +67,21 @@ def retrieved_contents(demos: list[dict[str, Any]], search_client: Any, top_n: i
 
 # How a worked response phrases its steps; benchmarks/base_model_reading.py cuts prompts at these.
 SEARCH_PREFIX = " <think> I need to find out:"
-READ_PREFIX = " <think> The answer to this step is"
+READ_PREFIX = " <think> I found:"
+ANSWER_PREFIX = "The answer to this step is"
 
 
 def search_turn(query: str) -> str:
     return f"{SEARCH_PREFIX} {query} </think> <search> {query} </search>"
 
 
-def read_turn(answer: str) -> str:
-    return f"{READ_PREFIX} {answer}. </think>"
+def read_turn(answer: str, passages: list[str]) -> str:
+    """The turn after a result: quote the first retrieved passage that holds the hop's answer, then
+    state the answer. Quoting is what lets a 2-layer model read: once it has started a passage (its
+    title line), the rest is a copy it can follow token by token, and the answer a copy of its own
+    quote; naming the answer straight out of five passages takes a lookup it learns far later."""
+    quoted = next(contents for contents in passages if answer in contents)
+    return f"{READ_PREFIX}\n{quoted}\n{ANSWER_PREFIX} {answer}. </think>"
 
 
 def result_block(passages: list[str]) -> str:
@@ -83,22 +89,50 @@ def result_block(passages: list[str]) -> str:
     return RESULT_TEMPLATE.format(passages=format_passages([{"contents": contents} for contents in passages]))
 
 
-def demonstration_segments(demo: dict[str, Any], results: dict[str, list[str]]) -> list[tuple[str, bool]] | None:
+def demonstration_segments(
+    demo: dict[str, Any], results: dict[str, list[str]], answer_after: int | None = None
+) -> list[tuple[str, bool]] | None:
     """A worked response as (text, is_model_text) segments, in rollout order, EOS not included; None
-    when a hop's answer is not in what its search returned (the demonstration would teach guessing)."""
+    when a hop's answer is not in what its search returned (the demonstration would teach guessing).
+    answer_after=k: an early answer, the response stops searching after k hops and boxes the k-th hop's
+    answer (wrong for the question: what a base model that trusts its first findings writes)."""
+    hops = demo["question_decomposition"]
+    if answer_after is not None and not 1 <= answer_after < len(hops):
+        raise ValueError(f"answer_after={answer_after}: an early answer needs 1 <= k < {len(hops)} hops")
     segments: list[tuple[str, bool]] = []
     text = ""
-    for hop in demo["question_decomposition"]:
+    for hop in hops[:answer_after]:
         passages = results[hop["query"]]
         if not any(hop["answer"] in contents for contents in passages):
             return None
         segments.append((text + search_turn(hop["query"]), True))
         segments.append((result_block(passages), False))
-        text = read_turn(hop["answer"])
-    answer = demo["answer"]
+        text = read_turn(hop["answer"], passages)
+    answer = demo["answer"] if answer_after is None else hops[answer_after - 1]["answer"]
     text += f" <answer> The final answer is \\[ \\boxed{{{answer}}} \\] </answer>"
     segments.append((text, True))
     return segments
+
+
+def early_answers(
+    kept: list[tuple[dict[str, Any], list[tuple[str, bool]]]],
+    results: dict[str, list[str]],
+    settings: dict[str, Any],
+    seed: int,
+) -> list[tuple[dict[str, Any], list[tuple[str, bool]]]]:
+    """The demonstrations with `early_answer_fraction` of the multi-hop ones cut to an early answer
+    after a random number of hops. A pretrained base model tends to answer before it has searched
+    every hop; without that prior the stand-in searches each hop deterministically, every rollout
+    of a group is the same and GRPO has no search decision to learn (its entropy is ~0.1 nat/token)."""
+    fraction = float(settings.get("early_answer_fraction", 0.0))
+    rng = random.Random(f"early-answers:{seed}")
+    out = []
+    for demo, segments in kept:
+        n_hops = len(demo["question_decomposition"])
+        if n_hops > 1 and rng.random() < fraction:
+            segments = demonstration_segments(demo, results, answer_after=rng.randint(1, n_hops - 1)) or segments
+        out.append((demo, segments))
+    return out
 
 
 def reading_drills(demo: dict[str, Any], results: dict[str, list[str]]) -> list[list[tuple[str, bool]]]:
@@ -109,7 +143,7 @@ def reading_drills(demo: dict[str, Any], results: dict[str, list[str]]) -> list[
         [
             (search_turn(hop["query"]), True),
             (result_block(results[hop["query"]]), False),
-            (read_turn(hop["answer"]), True),
+            (read_turn(hop["answer"], results[hop["query"]]), True),
         ]
         for hop in demo["question_decomposition"]
     ]
@@ -202,15 +236,20 @@ def make_model(settings: dict[str, Any], tokenizer: Any) -> Any:
 
 def _token_mean_loss(model: Any, groups: list[list], pad_id: int) -> torch.Tensor:
     """Mean loss over every labelled token of the groups, each group padded on its own (passage chunks
-    are short and demonstrations long: padding them together would triple the compute)."""
+    are short and demonstrations long: padding them together would triple the compute). Only labelled
+    positions go through the LM head: prompts and results are most of a demonstration's tokens, and
+    the vocabulary projection and softmax are most of this model's per-token cost."""
     total, count = torch.zeros(()), 0
     for group in groups:
         if not group:
             continue
         batch = collate(group, pad_id)
-        tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
-        total = total + model(**batch).loss * tokens
-        count += tokens
+        hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        targets = batch["labels"][:, 1:]
+        labelled = targets != IGNORE
+        logits = model.lm_head(hidden[:, :-1][labelled])
+        total = total + torch.nn.functional.cross_entropy(logits.float(), targets[labelled], reduction="sum")
+        count += int(labelled.sum())
     return total / max(count, 1)
 
 
@@ -256,7 +295,9 @@ def run(cfg: dict[str, Any]) -> None:
     with retriever_for_job(cfg, mode="in_process") as client:
         results = retrieved_contents(drawn, client, int(cfg["retriever"].get("topk", 5)))
     kept = [(d, segments) for d in drawn if (segments := demonstration_segments(d, results))]
-    demos = [(d["question"], segments) for d, segments in kept]
+    answered = early_answers(kept, results, settings, seed)
+    n_early = sum(new is not old for (_, new), (_, old) in zip(answered, kept, strict=True))
+    demos = [(d["question"], segments) for d, segments in answered]
     print(f"build_base_model: {len(demos)} of {len(drawn)} demonstrations kept (each hop's answer retrieved)")
 
     questions = [q.question for q in world.question_sets()["musique_train"]]
@@ -282,6 +323,7 @@ def run(cfg: dict[str, Any]) -> None:
         "demonstrations": len(encoded_demos),
         "demonstrations_drawn": len(drawn),
         "reading_drills": len(drills),
+        "early_answers": n_early,
         "final_loss": losses[-1] if losses else None,
         "seconds": round(time.time() - start, 1),
     }
