@@ -73,12 +73,12 @@ def skip_reason() -> str | None:
 def sandbox(tmp_path, monkeypatch) -> Sandbox:
     root, env, ran = make_sandbox(tmp_path, monkeypatch)
     # One CPU and little memory per job: two jobs run at once on a 2-CPU node, and any node fits them.
-    for line in ("  default: ", "    tiny: "):
-        edit(
-            "config/config.yaml",
-            f"{line}{{gpus: 0, cpus: 2, mem_mb: 8000, runtime: 60}}",
-            f"{line}{{gpus: 0, cpus: 1, mem_mb: 500, runtime: 10}}",
-        )
+    for line in (
+        "  default: {gpus: 0, cpus: 2, mem_mb: 8000, runtime: 60}",
+        "    tiny: {gpus: 0, cpus: 1, mem_mb: 8000, runtime: 60}",
+        "    tiny_eval: {gpus: 0, cpus: 1, mem_mb: 4000, runtime: 60}",
+    ):
+        edit("config/config.yaml", line, line.split("{")[0] + "{gpus: 0, cpus: 1, mem_mb: 500, runtime: 10}")
     return root, env, ran
 
 

@@ -79,6 +79,7 @@ rule normalize_qa:
 
 
 rule prepare_train:
+    priority: 10  # train_grpo's (train.smk): Snakemake does not pass a priority on to a job's inputs
     input:
         stage_inputs("prepare_train"),
     output:

@@ -24,7 +24,10 @@ if "base_model" in CFG:
             "research-rl build-base-model --config {params.config} > {log} 2>&1"
 
 
+# The longest job: scheduled before the evaluations that are ready with it, so that it trains on one
+# core while they share the other.
 rule train_grpo:
+    priority: 10
     input:
         stage_inputs("train_grpo"),
     output:

@@ -1,10 +1,11 @@
 """Stage build_base_model: the embedded default's stand-in for a pretrained base model.
 
 A tiny Qwen2-architecture causal LM with a byte-level BPE tokenizer trained here on toy-world text,
-then warmed up as a language model on (a) the toy-world passages and (b) formatted ReSearch
-demonstrations: the base prompt followed by a response that thinks, searches sub-questions, reads
-the results and answers in \\boxed{}. The warm-up is short on purpose: GRPO must start from a policy
-that sometimes formats correctly but is far from perfect, so that RL has something to raise.
+then warmed up as a language model on a mix of (a) formatted ReSearch demonstrations: the base prompt
+followed by a response that thinks, searches sub-questions, reads the results by quoting the passage
+that answers (see read_turn) and answers in \\boxed{}, some of them after an earlier hop than the
+last (early_answers); (b) one-hop reading drills cut from them; (c) plain toy-world passage chunks
+(the embedded default uses none: with them the model answers from memory instead of reading).
 
 The demonstrations' <result> blocks hold what the job's retriever (in-process, on the built index)
 returns for each hop's query, so the model warms up on the results rollouts will really see; a
