@@ -31,7 +31,7 @@ DEFAULT_CONF = Path("/etc/slurm/slurm.conf")
 DAEMONS = {"slurmctld", "slurmd", "slurmstepd"}
 # The whole test stays under 5 minutes: about 100 s on a busy 2-CPU machine with Slurm installed.
 WORKFLOW_LIMIT = 180  # seconds for Snakemake inside the cluster
-SCRIPT_LIMIT = 240  # seconds for the script: install if missing, start, run, cancel, stop
+SCRIPT_LIMIT = 480  # seconds for the script: install if missing, start, run, cancel, stop
 STOP_GRACE = 30  # seconds for the script's trap to stop everything after SIGTERM
 PROFILE_ARGS = [
     "--profile",
