@@ -208,7 +208,7 @@ def _changes(slow: bool = False):
     changes = [
         (
             "evaluation.max_questions",
-            lambda: edit("config/config.yaml", "max_questions: 60", "max_questions: 30"),
+            lambda: edit("config/config.yaml", "max_questions: 40", "max_questions: 30"),
             lambda cfg: rrl.affected_by_param(cfg, "evaluation.max_questions"),
         ),
         (
