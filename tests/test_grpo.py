@@ -223,3 +223,47 @@ def test_resume_after_sigkill_reaches_the_same_final_step(small_workspace, tmp_p
     assert steps == [1, 2, 3, 4], f"resumed from step {resumed_from}"
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and (out / grpo.FINAL_DIR / "model.safetensors").is_file()
+
+
+def test_one_step_makes_positive_advantage_rollouts_likelier_and_the_others_less(small_workspace, tmp_path):
+    """The direction of TRL's update on batches from our rollout_func: after one step on fixed rewards, the
+    model tokens of each rollout with a positive advantage are likelier than before and those with a
+    negative one less likely (policy loss only: beta 0). The 3-step base rarely searches, so these rollouts
+    are mostly single-turn; test_rollout covers the mask of multi-turn ones."""
+    cfg = with_grpo(small_workspace, tmp_path, max_steps=1, save_steps=5, learning_rate=1e-2, beta=0.0, **SHORT)
+    temperature = cfg["grpo"]["temperature"]
+
+    def model_token_logprobs(lm, batch: dict) -> list[float]:
+        """Each rollout's summed log-prob of its model tokens (env_mask 1) under `lm`, at the rollout's temperature."""
+        sums = []
+        for prompt, completion, mask in zip(
+            batch["prompt_ids"], batch["completion_ids"], batch["env_mask"], strict=True
+        ):
+            ids = torch.tensor([prompt + completion])
+            with torch.no_grad():
+                logits = lm(ids).logits[0, len(prompt) - 1 : -1].float() / temperature
+            logps = torch.log_softmax(logits, -1).gather(1, torch.tensor(completion).unsqueeze(1)).squeeze(1)
+            sums.append(float((logps * torch.tensor(mask, dtype=torch.float)).sum()))
+        return sums
+
+    with grpo._search_client(cfg, None) as client:
+        trainer = grpo.build_trainer(cfg, "tiny-base", client, tmp_path / "run")
+        rollout_func, seen = trainer.rollout_func, {}
+
+        def recording_rollout(prompts: list, trainer_: object) -> dict:
+            # Scored here, before the update (a deep copy of the model would share TRL's patched forward).
+            seen["batch"] = rollout_func(prompts, trainer_)
+            seen["before"] = model_token_logprobs(trainer.model, seen["batch"])
+            return seen["batch"]
+
+        trainer.rollout_func = recording_rollout
+        fake = [0.0, 0.1, 1.0, 0.5, 0.1, 0.1]
+        trainer.reward_funcs[0] = lambda **kwargs: fake[: len(kwargs["completion_ids"])]
+        trainer.reward_func_names = ["re_search_reward"]
+        trainer.train()
+        after = model_token_logprobs(trainer.model, seen["batch"])
+    advantages = group_advantages(fake, group_size=3, eps=1e-4).tolist()
+    changes = [a - b for a, b in zip(after, seen["before"], strict=True)]
+    assert all(change * advantage > 0 for change, advantage in zip(changes, advantages, strict=True)), (
+        f"advantages {[round(a, 2) for a in advantages]}, log-prob changes {[round(c, 3) for c in changes]}"
+    )
