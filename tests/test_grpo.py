@@ -35,6 +35,14 @@ METRIC_KEYS = {"step", "reward_mean", "reward_std", "f1", "format_rate", "search
 # ------------------------------------------------------------------------------------------ advantage
 
 
+def test_loss_aggregation_maps_to_trl_loss_types(tmp_path):
+    cfg = load_config(REPO / "config" / "config.yaml")
+    cfg["grpo"].pop("loss_aggregation", None)
+    assert grpo.grpo_config(cfg, tmp_path).loss_type == "bnpo"  # the original's token-mean, the default
+    cfg["grpo"]["loss_aggregation"] = "seq_mean_token_mean"
+    assert grpo.grpo_config(cfg, tmp_path).loss_type == "grpo"
+
+
 def test_group_advantages_on_a_fixed_group():
     rewards = [1.0, 0.0, 0.5, 0.5, 0.1, 0.2, 0.2, 0.2, 0.2, 0.2]
     adv = group_advantages(rewards, group_size=5)
@@ -225,12 +233,24 @@ def test_resume_after_sigkill_reaches_the_same_final_step(small_workspace, tmp_p
     assert state["global_step"] == 4 and (out / grpo.FINAL_DIR / "model.safetensors").is_file()
 
 
-def test_one_step_makes_positive_advantage_rollouts_likelier_and_the_others_less(small_workspace, tmp_path):
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean"])
+def test_one_step_makes_positive_advantage_rollouts_likelier_and_the_others_less(
+    small_workspace, tmp_path, aggregation
+):
     """The direction of TRL's update on batches from our rollout_func: after one step on fixed rewards, the
     model tokens of each rollout with a positive advantage are likelier than before and those with a
     negative one less likely (policy loss only: beta 0). The 3-step base rarely searches, so these rollouts
     are mostly single-turn; test_rollout covers the mask of multi-turn ones."""
-    cfg = with_grpo(small_workspace, tmp_path, max_steps=1, save_steps=5, learning_rate=1e-2, beta=0.0, **SHORT)
+    cfg = with_grpo(
+        small_workspace,
+        tmp_path,
+        max_steps=1,
+        save_steps=5,
+        learning_rate=1e-2,
+        beta=0.0,
+        **SHORT,
+        loss_aggregation=aggregation,
+    )
     temperature = cfg["grpo"]["temperature"]
 
     def model_token_logprobs(lm, batch: dict) -> list[float]:

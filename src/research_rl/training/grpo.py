@@ -9,6 +9,7 @@ How the original's verl recipe maps onto TRL (DESIGN section 3):
   - advantage: (r - group mean) / (group std + eps) (scale_rewards="group"; TRL's eps is 1e-4, verl's 1e-6);
   - loss: clipped ratio (epsilon) averaged over the micro-batch's loss tokens (loss_type="bnpo", verl's
     token-mean) plus beta x the k3 ("low_var_kl") estimate of KL to the frozen reference;
+    grpo.loss_aggregation: seq_mean_token_mean averages each rollout's tokens first (loss_type="grpo");
   - constant learning rate, weight decay 0.01, gradient clipping 1.0 (verl's actor defaults).
 
 Outputs under paths.trained_model_dir(cfg, model): checkpoint-N/ (model, optimizer, scheduler, RNG:
@@ -38,6 +39,8 @@ METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
 # TRL's log keys -> metrics.jsonl names (the report reads the latter).
 TRL_KEYS = {"reward": "reward_mean", "reward_std": "reward_std", "kl": "kl", "entropy": "entropy", "loss": "loss"}
+# grpo.loss_aggregation (verl's loss_agg_mode names) -> TRL's loss_type.
+LOSS_TYPES = {"token_mean": "bnpo", "seq_mean_token_mean": "grpo"}
 # Keys the reward function logs through TRL's log_metric, averaged per step.
 OUR_KEYS = ("f1", "format_rate", "searches_per_rollout", "response_length", "model_tokens", "generated_tokens_per_s")
 
@@ -218,6 +221,7 @@ def grpo_config(cfg: dict[str, Any], out_dir: Path, world_size: int = 1) -> Any:
     if g.get("kl_estimator", "low_var_kl") == "k1":
         raise ValueError("grpo.kl_estimator k1 is not available in TRL; use k3 (= low_var_kl, the original's)")
     max_steps = g.get("max_steps")
+    loss_type = LOSS_TYPES[g.get("loss_aggregation", "token_mean")]
     return GRPOConfig(
         output_dir=str(out_dir),
         seed=int(g.get("seed", cfg.get("seed", 0))),
@@ -233,7 +237,7 @@ def grpo_config(cfg: dict[str, Any], out_dir: Path, world_size: int = 1) -> Any:
         max_grad_norm=1.0,
         beta=g["beta"],
         epsilon=g["epsilon"],
-        loss_type="bnpo",
+        loss_type=loss_type,
         scale_rewards="group",
         temperature=g["temperature"],
         top_p=1.0,
