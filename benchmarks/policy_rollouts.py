@@ -62,6 +62,8 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     frame = pd.read_parquet(paths.train_parquet(cfg, "train", entry["name"]))
     frame = frame.iloc[args.offset : args.offset + args.prompts]
+    prompts = list(frame["prompt"])
+    encoded = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     generator = TransformersGenerator(model, tokenizer)
     settings = cfg["grpo"]
     print(f"{model_dir}: {len(frame)} prompts (rows {args.offset}-{args.offset + len(frame) - 1})")
@@ -69,8 +71,8 @@ def main() -> None:
         for temperature in (float(t) for t in args.temperatures.split(",")):
             torch.manual_seed(args.seed)
             samples = 1 if temperature == 0 else args.samples
-            encoded = [tokenizer.encode(p, add_special_tokens=False) for p in frame["prompt"]]
             prompt_ids = [ids for ids in encoded for _ in range(samples)]
+            prompt_texts = [p for p in prompts for _ in range(samples)]
             golds = [list(g) for g in frame["golden_answers"] for _ in range(samples)]
             start = time.perf_counter()
             rollouts = run_rollouts(
@@ -83,9 +85,10 @@ def main() -> None:
                 temperature=temperature,
             )
             seconds = time.perf_counter() - start
+            # The prompt text goes along as train_grpo's reward function passes it.
             scored = [
-                score_with_reason(r.text, g, eos_token=tokenizer.eos_token, prompt=tokenizer.decode(r.prompt_ids))
-                for r, g in zip(rollouts, golds, strict=True)
+                score_with_reason(r.text, g, eos_token=tokenizer.eos_token, prompt=p)
+                for r, g, p in zip(rollouts, golds, prompt_texts, strict=True)
             ]
             rewards = [reward for reward, _ in scored]
             f1 = [reward if why.startswith("correct") else 0.0 for reward, why in scored]
