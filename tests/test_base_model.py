@@ -151,6 +151,29 @@ def test_early_answer_fraction_cuts_that_share_of_multi_hop_demonstrations(built
         assert segments[-1][0].endswith("</answer>") and (n_hops > 1) == (segments != full)
 
 
+def test_unboxed_answers_state_the_same_answer_without_a_box_which_the_reward_scores_zero(built):
+    from research_rl.reward import score_with_reason
+
+    world = toyworld.build_world(built["toyworld"])
+    demos = toyworld.demonstrations(world, 20, seed=0)
+    corpus = [p.contents for p in world.passages]
+    results = {q: found for demo in demos for q, found in hop_results(demo, corpus).items()}
+    kept = [(d, base_model.demonstration_segments(d, results)) for d in demos]
+    early = base_model.early_answers(kept, results, {"early_answer_fraction": 0.5}, seed=0)
+    assert base_model.unboxed_answers(early, {}, seed=0) == early  # default: every answer boxed
+    plain = base_model.unboxed_answers(early, {"unboxed_answer_fraction": 1.0}, seed=0)
+    half = base_model.unboxed_answers(early, {"unboxed_answer_fraction": 0.5}, seed=0)
+    assert 0 < sum(a != b for a, b in zip(half, early, strict=True)) < len(early)
+    for (_, boxed), (_, unboxed) in zip(early, plain, strict=True):
+        assert boxed[:-1] == unboxed[:-1] and unboxed[-1][1] is True  # only the closing turn changes
+        boxed_text, unboxed_text = ("".join(piece for piece, _ in s) for s in (boxed, unboxed))
+        answer = boxed_text.split("\\boxed{")[1].split("}")[0]
+        assert unboxed_text.endswith(f"<answer> The final answer is {answer}. </answer>")
+        assert score_with_reason(boxed_text + "<|endoftext|>", [answer], eos_token="<|endoftext|>")[0] == 1.0
+        reward, why = score_with_reason(unboxed_text + "<|endoftext|>", [answer], eos_token="<|endoftext|>")
+        assert reward == 0.0 and "no \\boxed" in why
+
+
 def test_reading_drills_are_one_hop_each_learning_only_the_model_turns(built):
     from transformers import AutoTokenizer
 

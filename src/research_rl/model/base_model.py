@@ -4,8 +4,9 @@ A tiny Qwen2-architecture causal LM with a byte-level BPE tokenizer trained here
 then warmed up as a language model on a mix of (a) formatted ReSearch demonstrations: the base prompt
 followed by a response that thinks, searches sub-questions, reads the results by quoting the passage
 that answers (see read_turn) and answers in \\boxed{}, some of them after an earlier hop than the
-last (early_answers); (b) one-hop reading drills cut from them; (c) plain toy-world passage chunks
-(the embedded default uses none: with them the model answers from memory instead of reading).
+last (early_answers), some without the box (unboxed_answers); (b) one-hop reading drills cut from
+them; (c) plain toy-world passage chunks (the embedded default uses none: with them the model answers
+from memory instead of reading).
 
 The demonstrations' <result> blocks hold what the job's retriever (in-process, on the built index)
 returns for each hop's query, so the model warms up on the results rollouts will really see; a
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -110,9 +112,37 @@ def demonstration_segments(
         segments.append((result_block(passages), False))
         text = read_turn(hop["answer"], passages)
     answer = demo["answer"] if answer_after is None else hops[answer_after - 1]["answer"]
-    text += f" <answer> The final answer is \\[ \\boxed{{{answer}}} \\] </answer>"
-    segments.append((text, True))
+    segments.append((text + answer_turn(answer), True))
     return segments
+
+
+def answer_turn(answer: str, boxed: bool = True) -> str:
+    """The closing turn; unboxed, it is the format slip the reward scores 0 (no \\boxed{} in the answer)."""
+    if not boxed:
+        return f" <answer> The final answer is {answer}. </answer>"
+    return f" <answer> The final answer is \\[ \\boxed{{{answer}}} \\] </answer>"
+
+
+def unboxed_answers(
+    demos: list[tuple[dict[str, Any], list[tuple[str, bool]]]], settings: dict[str, Any], seed: int
+) -> list[tuple[dict[str, Any], list[tuple[str, bool]]]]:
+    """The demonstrations with `unboxed_answer_fraction` of them closing without \\boxed{}. A pretrained
+    base model often states its answer plainly although the template asks for a box: the format term of
+    the reward (0 for it, against 0.1 or F1 for a boxed answer) is what GRPO learns first, on every
+    question alike, whatever the model's reading is worth."""
+    fraction = float(settings.get("unboxed_answer_fraction", 0.0))
+    rng = random.Random(f"unboxed-answers:{seed}")
+    out = []
+    for demo, segments in demos:
+        if rng.random() < fraction:
+            closing, is_model = segments[-1]
+            boxed = re.search(r"\\boxed\{(.*)\} \\\] </answer>$", closing)
+            if boxed is None:
+                raise ValueError(f"a demonstration does not close with a boxed answer: {closing[-80:]!r}")
+            plain = closing[: closing.rindex(" <answer>")] + answer_turn(boxed.group(1), boxed=False)
+            segments = [*segments[:-1], (plain, is_model)]
+        out.append((demo, segments))
+    return out
 
 
 def early_answers(
@@ -298,7 +328,9 @@ def run(cfg: dict[str, Any]) -> None:
     kept = [(d, segments) for d in drawn if (segments := demonstration_segments(d, results))]
     answered = early_answers(kept, results, settings, seed)
     n_early = sum(new is not old for (_, new), (_, old) in zip(answered, kept, strict=True))
-    demos = [(d["question"], segments) for d, segments in answered]
+    answered_plain = unboxed_answers(answered, settings, seed)
+    n_unboxed = sum(new is not old for (_, new), (_, old) in zip(answered_plain, answered, strict=True))
+    demos = [(d["question"], segments) for d, segments in answered_plain]
     print(f"build_base_model: {len(demos)} of {len(drawn)} demonstrations kept (each hop's answer retrieved)")
 
     questions = [q.question for q in world.question_sets()["musique_train"]]
@@ -325,6 +357,7 @@ def run(cfg: dict[str, Any]) -> None:
         "demonstrations_drawn": len(drawn),
         "reading_drills": len(drills),
         "early_answers": n_early,
+        "unboxed_answers": n_unboxed,
         "final_loss": losses[-1] if losses else None,
         "seconds": round(time.time() - start, 1),
     }
