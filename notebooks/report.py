@@ -48,6 +48,19 @@ for kind, path in tables.items():
     print(f"{kind}: {path}")
 
 # %% [markdown]
+# ### What GRPO changed: ReSearch after RL minus before RL, paired by question
+#
+# The same rollout, prompt and greedy decoding on the checkpoint before GRPO (`research_base`) and on
+# the trained one (`research`); the gain's 95% interval is a paired bootstrap over questions. `All`
+# pools every benchmark's questions.
+
+# %%
+if "rl_gain_markdown" in tables:
+    display(Markdown(tables["rl_gain_markdown"].read_text()))
+else:
+    print("no model evaluated both before and after RL")
+
+# %% [markdown]
 # ### Every evaluated cell (all metrics, n, mean searches)
 
 # %%

@@ -157,3 +157,62 @@ def test_the_report_notebook_runs_headless_under_papermill(tmp_path):
     assert "ReSearch reproduction" in html and "57.0 [55.0, 60.0]" in html
     executed = json.loads((notebooks / "report.ipynb").read_text())
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
+
+
+def write_predictions(cfg: dict, model: str, benchmark: str, method: str, ems: dict[str, float]) -> None:
+    out = Path(cfg["paths"]["results"]) / "eval" / model / benchmark / method
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.jsonl", "w") as handle:
+        for qid, em in ems.items():
+            record = {"id": qid, "num_searches": 1, "metrics": {"em": em, "f1": min(1.0, em + 0.5)}}
+            handle.write(json.dumps(record) + "\n")
+
+
+def test_rl_gain_pairs_questions_by_id_per_benchmark_and_pooled(tmp_path):
+    cfg = make_cfg(tmp_path)
+    model = MODELS[0]
+    # HotpotQA: q0 and q1 go from wrong to right, q2 stays right; q3 was answered only before RL.
+    write_predictions(cfg, model, "hotpotqa", "research_base", {"q0": 0, "q1": 0, "q2": 1, "q3": 1})
+    write_predictions(cfg, model, "hotpotqa", "research", {"q2": 1, "q1": 1, "q0": 1})
+    # MuSiQue: q0 gets worse; its ids repeat HotpotQA's, which must not pair across benchmarks.
+    write_predictions(cfg, model, "musique", "research_base", {"q0": 1, "q1": 0})
+    write_predictions(cfg, model, "musique", "research", {"q0": 0, "q1": 0})
+    # Bamboogle has no research cell: no row.
+    write_predictions(cfg, model, "bamboogle", "research_base", {"q0": 1})
+
+    gains = report.rl_gain_table(cfg).set_index(["model", "benchmark"])
+    assert list(gains.index) == [(model, "hotpotqa"), (model, "musique"), (model, "All")]
+    hotpot = gains.loc[(model, "hotpotqa")]
+    assert hotpot["n"] == 3
+    assert hotpot["em_before"] == pytest.approx(1 / 3) and hotpot["em_after"] == pytest.approx(1.0)
+    assert hotpot["em_gain"] == pytest.approx(2 / 3)
+    assert hotpot["f1_gain"] == pytest.approx((1.0 - 0.5) * 2 / 3)
+    assert 0.0 <= hotpot["em_gain_lo"] <= hotpot["em_gain"] <= hotpot["em_gain_hi"] <= 1.0
+    musique = gains.loc[(model, "musique")]
+    assert (musique["n"], musique["em_gain"]) == (2, -0.5)
+    pooled = gains.loc[(model, "All")]
+    assert pooled["n"] == 5
+    assert pooled["em_gain"] == pytest.approx((2 - 1) / 5)
+    assert pooled["em_gain_lo"] < 0 < pooled["em_gain_hi"]
+
+
+def test_rl_gain_interval_collapses_when_every_question_gains_the_same(tmp_path):
+    cfg = make_cfg(tmp_path)
+    write_predictions(cfg, MODELS[1], "musique", "research_base", {f"q{i}": 0 for i in range(8)})
+    write_predictions(cfg, MODELS[1], "musique", "research", {f"q{i}": 1 for i in range(8)})
+    row = report.rl_gain_table(cfg).iloc[0]
+    assert (row["em_gain"], row["em_gain_lo"], row["em_gain_hi"]) == (1.0, 1.0, 1.0)
+    markdown = report.rl_gain_to_markdown(report.rl_gain_table(cfg))
+    assert f"| {MODELS[1]} | MuSiQue | 8 | 0.0 | 100.0 | +100.0 [100.0, 100.0] |" in markdown
+    assert f"| {MODELS[1]} | All | 8 |" in markdown
+
+
+def test_write_tables_adds_the_rl_gain_table_when_both_research_cells_exist(tmp_path):
+    cfg = make_cfg(tmp_path)
+    write_synthetic_results(cfg)
+    assert "rl_gain_markdown" not in report.write_tables(cfg)
+    write_predictions(cfg, MODELS[0], "hotpotqa", "research_base", {"q0": 0, "q1": 1})
+    write_predictions(cfg, MODELS[0], "hotpotqa", "research", {"q0": 1, "q1": 1})
+    written = report.write_tables(cfg)
+    assert written["rl_gain_markdown"].read_text().count("\n") == 4  # header, rule, HotpotQA, All
+    assert list(pd.read_csv(written["rl_gain_csv"])["benchmark"]) == ["hotpotqa", "All"]

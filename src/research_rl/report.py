@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from research_rl import paths
+from research_rl.evaluation.bootstrap import bootstrap_ci
 
 BENCHMARK_LABELS = {
     "hotpotqa": "HotpotQA",
@@ -203,7 +204,8 @@ def _latex_escape(text: str) -> str:
 
 
 def write_tables(cfg: dict[str, Any]) -> dict[str, Path]:
-    """main_table.{md,csv,tex} in the paper's layout and eval_metrics.csv (every number, one row per cell)."""
+    """main_table.{md,csv,tex} in the paper's layout, eval_metrics.csv (every number, one row per cell) and,
+    where both ReSearch cells exist, rl_gain.{md,csv} (after GRPO minus before, paired by question)."""
     out = paths.tables_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     metrics = collect_eval_metrics(cfg)
@@ -221,7 +223,102 @@ def write_tables(cfg: dict[str, Any]) -> dict[str, Path]:
     flat.to_csv(written["csv"])
     written["latex"] = out / "main_table.tex"
     written["latex"].write_text(table_to_latex(main_table(cfg, metrics, latex=True), caption), encoding="utf-8")
+    gains = rl_gain_table(cfg)
+    if not gains.empty:
+        written["rl_gain_csv"] = out / "rl_gain.csv"
+        gains.to_csv(written["rl_gain_csv"], index=False)
+        written["rl_gain_markdown"] = out / "rl_gain.md"
+        written["rl_gain_markdown"].write_text(rl_gain_to_markdown(gains), encoding="utf-8")
     return written
+
+
+# ---------------------------------------------------------------- what GRPO changed
+
+# The pair the issue's question is about: the ReSearch rollout on the trained model against the same
+# rollout, prompt and decoding on its checkpoint before GRPO.
+BEFORE_RL, AFTER_RL = "research_base", "research"
+GAIN_METRICS = ("em", "f1")
+ALL_BENCHMARKS = "All"
+
+
+def load_question_metrics(cfg: dict[str, Any], model: str, benchmark: str, method: str) -> dict[str, dict]:
+    """Per-question metrics of one cell by question id (empty when the cell was not evaluated)."""
+    path = paths.results_dir(cfg) / "eval" / model / benchmark / method / "predictions.jsonl"
+    if not path.exists():
+        return {}
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if any("metrics" not in r or "id" not in r for r in records):
+        raise ValueError(f"{path}: every prediction needs an 'id' and per-question 'metrics'")
+    return {str(r["id"]): r["metrics"] for r in records}
+
+
+def paired_gain(before: dict[str, dict], after: dict[str, dict], n_samples: int, seed: int) -> dict[str, Any] | None:
+    """Means before and after on the questions both cells answered, and the mean per-question gain with
+    its paired-bootstrap 95% interval (resampling questions, so each keeps its before/after pair)."""
+    ids = sorted(set(before) & set(after))
+    if not ids:
+        return None
+    row: dict[str, Any] = {"n": len(ids)}
+    for metric in GAIN_METRICS:
+        old = [float(before[i][metric]) for i in ids]
+        new = [float(after[i][metric]) for i in ids]
+        gains = [b - a for a, b in zip(old, new, strict=True)]
+        row[f"{metric}_before"] = sum(old) / len(ids)
+        row[f"{metric}_after"] = sum(new) / len(ids)
+        row[f"{metric}_gain"] = sum(gains) / len(ids)
+        row[f"{metric}_gain_lo"], row[f"{metric}_gain_hi"] = bootstrap_ci(gains, n_samples, seed)
+    return row
+
+
+def rl_gain_table(cfg: dict[str, Any]) -> pd.DataFrame:
+    """ReSearch after GRPO minus before GRPO, paired by question, per model and benchmark.
+
+    One row per (model, benchmark) where both cells exist, then an `All` row per model pooling every
+    benchmark's questions (so benchmarks weigh by their question counts). Scores are fractions.
+    """
+    n_samples = int(cfg.get("evaluation", {}).get("bootstrap_samples", 1000))
+    seed = int(cfg.get("seed", 0))
+    rows = []
+    for entry in cfg["models"]:
+        model = entry["name"]
+        pooled_before: dict[str, dict] = {}
+        pooled_after: dict[str, dict] = {}
+        for benchmark in paths.BENCHMARKS:
+            before = load_question_metrics(cfg, model, benchmark, BEFORE_RL)
+            if not before:
+                continue
+            after = load_question_metrics(cfg, model, benchmark, AFTER_RL)
+            row = paired_gain(before, after, n_samples, seed)
+            if row is None:
+                continue
+            rows.append({"model": model, "benchmark": benchmark, **row})
+            pooled_before.update({f"{benchmark}/{i}": m for i, m in before.items()})
+            pooled_after.update({f"{benchmark}/{i}": m for i, m in after.items()})
+        pooled = paired_gain(pooled_before, pooled_after, n_samples, seed)
+        if pooled is not None:
+            rows.append({"model": model, "benchmark": ALL_BENCHMARKS, **pooled})
+    return pd.DataFrame(rows)
+
+
+def rl_gain_to_markdown(gains: pd.DataFrame) -> str:
+    """The gain table in %, e.g. `| tiny-base | MuSiQue | 40 | 5.0 | 17.5 | +12.5 [2.5, 22.5] | …`."""
+    header = ["Model", "Benchmark", "n"]
+    for metric in GAIN_METRICS:
+        label = METRIC_LABELS[metric]
+        header += [f"{label} before RL", f"{label} after RL", f"{label} gain [95% CI]"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    for row in gains.to_dict("records"):
+        cells = [row["model"], BENCHMARK_LABELS.get(row["benchmark"], row["benchmark"]), str(row["n"])]
+        for metric in GAIN_METRICS:
+            gain = f"{100 * row[f'{metric}_gain']:+.1f}"
+            interval = f"[{100 * row[f'{metric}_gain_lo']:.1f}, {100 * row[f'{metric}_gain_hi']:.1f}]"
+            cells += [
+                f"{100 * row[f'{metric}_before']:.1f}",
+                f"{100 * row[f'{metric}_after']:.1f}",
+                f"{gain} {interval}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- figures
