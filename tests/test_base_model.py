@@ -136,12 +136,17 @@ def test_early_answer_stops_searching_and_boxes_the_last_hop_read(built):
             base_model.demonstration_segments(demo, results, answer_after=bad)
 
 
-def test_early_answer_fraction_cuts_that_share_of_multi_hop_demonstrations(built):
+def segmented_demonstrations(built) -> tuple[dict, list]:
+    """20 toy-world demonstrations with their full segments, and every hop's search results."""
     world = toyworld.build_world(built["toyworld"])
     demos = toyworld.demonstrations(world, 20, seed=0)
     corpus = [p.contents for p in world.passages]
     results = {q: found for demo in demos for q, found in hop_results(demo, corpus).items()}
-    kept = [(d, base_model.demonstration_segments(d, results)) for d in demos]
+    return results, [(d, base_model.demonstration_segments(d, results)) for d in demos]
+
+
+def test_early_answer_fraction_cuts_that_share_of_multi_hop_demonstrations(built):
+    results, kept = segmented_demonstrations(built)
     assert base_model.early_answers(kept, results, {}, seed=0) == kept  # default: none cut
     cut = base_model.early_answers(kept, results, {"early_answer_fraction": 1.0}, seed=0)
     for (demo, full), (_, segments) in zip(kept, cut, strict=True):
@@ -154,11 +159,7 @@ def test_early_answer_fraction_cuts_that_share_of_multi_hop_demonstrations(built
 def test_unboxed_answers_state_the_same_answer_without_a_box_which_the_reward_scores_zero(built):
     from research_rl.reward import score_with_reason
 
-    world = toyworld.build_world(built["toyworld"])
-    demos = toyworld.demonstrations(world, 20, seed=0)
-    corpus = [p.contents for p in world.passages]
-    results = {q: found for demo in demos for q, found in hop_results(demo, corpus).items()}
-    kept = [(d, base_model.demonstration_segments(d, results)) for d in demos]
+    results, kept = segmented_demonstrations(built)
     early = base_model.early_answers(kept, results, {"early_answer_fraction": 0.5}, seed=0)
     assert base_model.unboxed_answers(early, {}, seed=0) == early  # default: every answer boxed
     plain = base_model.unboxed_answers(early, {"unboxed_answer_fraction": 1.0}, seed=0)
