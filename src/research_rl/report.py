@@ -243,7 +243,7 @@ ALL_BENCHMARKS = "All"
 
 def load_question_metrics(cfg: dict[str, Any], model: str, benchmark: str, method: str) -> dict[str, dict]:
     """Per-question metrics of one cell by question id (empty when the cell was not evaluated)."""
-    path = paths.results_dir(cfg) / "eval" / model / benchmark / method / "predictions.jsonl"
+    path = paths.eval_dir(cfg, model, benchmark, method) / "predictions.jsonl"
     if not path.exists():
         return {}
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
