@@ -8,7 +8,9 @@ bootstrap 95% intervals) with the first and last fifth of the training curve. `-
 keys, so a variant of the toy setting is one command:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rl_gain.py --workdir /tmp/rl_gain_a \\
         [--questions 100] [--set base_model.unboxed_answer_fraction=0.5 --set grpo.max_steps=12]
-A rerun in the same --workdir reuses every finished stage (resumes evaluations, skips training).
+A rerun in the same --workdir reuses every finished stage (index, base model, trained model) and resumes
+the evaluations, whatever --set says: a changed setting wants a new --workdir. About 27 minutes on one
+core at 100 questions (base model 9 min, GRPO 6 min, the 8 evaluations 7-12 min).
 """
 
 from __future__ import annotations
