@@ -84,7 +84,7 @@ def run_stages(cfg: dict[str, Any]) -> None:
     from research_rl.training import grpo
 
     model = cfg["models"][0]["name"]
-    if not (paths.data_dir(cfg) / "index").exists():
+    if not paths.index_dir(cfg).exists():
         timed("toy world", toyworld.run, cfg)
         timed("download corpus", download.run_download_corpus, cfg)
         timed("download qa", download.run_download_qa, cfg)
@@ -105,10 +105,8 @@ def print_training_fifths(cfg: dict[str, Any]) -> None:
 
     model = cfg["models"][0]["name"]
     rows = grpo.read_metrics(paths.trained_model_dir(cfg, model) / grpo.METRICS_FILE)
-    k = max(1, len(rows) // 5)
     for key in ("reward_mean", "format_rate", "searches_per_rollout"):
-        first = sum(r[key] for r in rows[:k]) / k
-        last = sum(r[key] for r in rows[-k:]) / k
+        first, last = grpo.first_and_last_fifth(rows, key)
         print(f"training {key}: first fifth {first:.3f}, last fifth {last:.3f}")
 
 

@@ -25,16 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 MARGINS = {"reward_mean": 0.04, "format_rate": 0.15, "searches_per_rollout": 0.1}
 
 
-def fifths(rows: list[dict], key: str) -> tuple[float, float]:
-    """Mean of `key` over the first and over the last fifth of the rows (at least one row each)."""
-    k = max(1, len(rows) // 5)
-    return sum(r[key] for r in rows[:k]) / k, sum(r[key] for r in rows[-k:]) / k
-
-
 def test_fifths_average_the_first_and_last_fifth_of_the_steps():
     rows = [{"x": float(step)} for step in range(1, 13)]
-    assert fifths(rows, "x") == (1.5, 11.5)
-    assert fifths(rows[:3], "x") == (1.0, 3.0)
+    assert grpo.first_and_last_fifth(rows, "x") == (1.5, 11.5)
+    assert grpo.first_and_last_fifth(rows[:3], "x") == (1.0, 3.0)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +59,7 @@ def test_grpo_raises_reward_format_rate_and_searches_on_the_embedded_default(emb
     rows = embedded_default_run
     cfg = load_config(REPO / "config" / "config.yaml")
     assert [row["step"] for row in rows] == list(range(1, cfg["grpo"]["max_steps"] + 1))
-    gains = {key: fifths(rows, key) for key in MARGINS}
+    gains = {key: grpo.first_and_last_fifth(rows, key) for key in MARGINS}
     for key, margin in MARGINS.items():
         first, last = gains[key]
         assert last >= first + margin, f"{key}: first fifth {first:.3f}, last fifth {last:.3f} (need +{margin})"

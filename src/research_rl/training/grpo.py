@@ -154,6 +154,13 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def first_and_last_fifth(rows: list[dict[str, Any]], key: str) -> tuple[float, float]:
+    """Mean of `key` over the first and over the last fifth of the metrics rows (at least one row each):
+    how the learning test and benchmarks/rl_gain.py tell a curve that rose from per-step noise."""
+    k = max(1, len(rows) // 5)
+    return sum(r[key] for r in rows[:k]) / k, sum(r[key] for r in rows[-k:]) / k
+
+
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Keep the rows up to `last_step` (the checkpoint a run resumes from); atomically rewritten."""
     rows = [row for row in read_metrics(path) if row["step"] <= last_step]
