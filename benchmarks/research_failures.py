@@ -60,6 +60,8 @@ def read_cell(cfg: dict[str, Any], model: str, benchmark: str, method: str) -> l
 def summarize(records: list[dict[str, Any]]) -> None:
     classes = collections.Counter(failure_class(r) for r in records)
     print("  " + ", ".join(f"{name} {classes[name]}" for name in CLASSES) + f" (of {len(records)})")
+    boxed = sum("\\boxed" in r["trajectory"] for r in records)
+    print(f"  answers in a \\boxed{{}}: {boxed} of {len(records)}")
     answers = collections.Counter(r["prediction"].strip().lower() for r in records if r["prediction"].strip())
     top = [answer for answer, _ in answers.most_common(5)]
     correct = [r for r in records if r["metrics"]["em"]]
