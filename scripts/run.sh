@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Command 1: set up, then run the whole DAG on the embedded default (CPU, no network but package registries).
-# Extra arguments go to snakemake, e.g. `bash scripts/run.sh -n` for a dry run.
+# Command 1: set up, then run the whole DAG on the embedded default (CPU, no network but package registries)
+# and record it in DVC (scripts/pipeline.sh). Extra arguments go to snakemake, e.g. `bash scripts/run.sh -n`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PATH="$PWD/.venv/bin:$PATH"
-exec snakemake --profile profiles/local "$@"
+exec bash scripts/pipeline.sh "$@"

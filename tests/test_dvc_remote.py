@@ -2,8 +2,8 @@
 
 On the stub sandbox of workflow_sandbox: `dvc repro` in a git repository, `dvc push` to a local
 directory remote, commit (dvc.yaml, dvc.lock, .dvc/config, code), `git clone`, `dvc pull` in the
-clone. The clone must then hold the same outputs (metrics and checkpoints from the remote, the
-`cache: false` tables and figures from git), `dvc status` must be clean and `dvc repro` must run no
+clone. The clone must then hold the same outputs (metrics, checkpoints, tables and figures, all from the
+remote), `dvc status` must be clean and `dvc repro` must run no
 stage: what DESIGN.md section 7 promises a collaborator who clones the repository.
 """
 
@@ -66,11 +66,9 @@ def test_fresh_clone_pulls_and_is_up_to_date(sandbox, tmp_path_factory):
     publish(root, env, remote)
     assert sorted(ran()) == sorted(stage.name for stage in rrl.plan(load_config("config/config.yaml")))
     committed = run(["git", "ls-files"], root, env=env).split()
-    assert {"dvc.yaml", "dvc.lock", ".dvc/config", "results/tables/content.txt"} <= set(committed)
+    assert {"dvc.yaml", "dvc.lock", ".dvc/config"} <= set(committed)
     in_git = [p for p in committed if p.startswith(("data/", "results/")) and not p.endswith(".gitignore")]
-    assert all(p.startswith(("results/tables/", "results/figures/")) for p in in_git), (
-        f"only tables and figures may be in git, artifacts reach the clone through DVC: {in_git}"
-    )
+    assert in_git == [], f"a run's outputs, tables included, reach the clone through DVC, not git: {in_git}"
 
     clone = tmp_path_factory.mktemp("clone") / "repo"
     run(["git", "clone", "-q", str(root), str(clone)], clone.parent, env=env)

@@ -27,17 +27,23 @@ ConfigOption = Annotated[
 DEFAULT_CONFIG = Path("config/config.yaml")
 
 
-def _load(config: Path) -> dict[str, Any]:
+def _load(config: Path, rule: str | None = None, **wildcards: str) -> dict[str, Any]:
+    """The validated config; for a DAG job (`rule` given), also pin its CPU threads (research_rl.threads)."""
     from research_rl.config import ConfigError, load_config
 
     # Hub access is impossible in the embedded default and unwanted in reproductions: use local files.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return load_config(config)
+        cfg = load_config(config)
     except ConfigError as error:
         typer.secho(str(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from error
+    if rule is not None:
+        from research_rl.threads import pin_threads
+
+        pin_threads(cfg, rule, wildcards)
+    return cfg
 
 
 def _stage(name: str, help_text: str):
@@ -95,7 +101,7 @@ def normalize_qa_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
 
 @_stage("build-base-model", "Build and warm up the embedded default's tiny Qwen2-shaped model.")
 def build_base_model_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    cfg = _load(config)
+    cfg = _load(config, "build_base_model")
     from research_rl.model import base_model
 
     if "base_model" not in cfg:
@@ -120,7 +126,7 @@ def build_index_cmd(
     config: ConfigOption = DEFAULT_CONFIG,
     kind: Annotated[str | None, typer.Option(help="dense or bm25; default: retriever.kind.")] = None,
 ) -> None:
-    cfg = _load(config)
+    cfg = _load(config, "build_index")
     from research_rl.retrieval import index
 
     index.run(cfg, kind=kind)
@@ -143,7 +149,7 @@ def train_grpo_cmd(
     config: ConfigOption = DEFAULT_CONFIG,
     model: Annotated[str, typer.Option(help="Name of an entry of `models:`.")] = ...,
 ) -> None:
-    cfg = _load(config)
+    cfg = _load(config, "train_grpo", model=model)
     from research_rl.training import grpo
 
     grpo.run(cfg, model_name=model)
@@ -156,7 +162,7 @@ def evaluate_cmd(
     benchmark: Annotated[str, typer.Option(help="hotpotqa, 2wikimultihopqa, musique or bamboogle.")] = ...,
     method: Annotated[str, typer.Option(help="zero_shot, naive_rag, iter_retgen, ircot or research.")] = ...,
 ) -> None:
-    cfg = _load(config)
+    cfg = _load(config, "evaluate", model=model, benchmark=benchmark, method=method)
     from research_rl.evaluation import evaluate
 
     evaluate.run(cfg, model=model, benchmark=benchmark, method=method)
@@ -164,7 +170,7 @@ def evaluate_cmd(
 
 @_stage("report", "Render the paper's tables and the figures through the report notebook.")
 def report_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    cfg = _load(config)
+    cfg = _load(config, "report")
     from research_rl import report
 
     report.run(cfg)

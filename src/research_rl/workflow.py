@@ -83,7 +83,6 @@ class Stage:
     persist: bool = False  # DVC keeps outs across reruns (resumable stages)
     metrics: tuple[str, ...] = ()  # outs that are DVC metrics
     plots: tuple[str, ...] = ()  # resumable files that are DVC plots
-    uncached: tuple[str, ...] = ()  # outs git holds, not the DVC cache
     resources: dict[str, Any] = field(default_factory=dict)
     env: str = "data"
 
@@ -451,7 +450,6 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
         deps=metrics_files + [str(paths.trained_model_final(cfg, e["name"])) for e in cfg["models"]] + notebook,
         outs=report_outs,
         out_dirs=report_outs,
-        uncached=tuple(report_outs),
         params=["evaluation.bootstrap_samples", "seed"],
     )
     return stages
@@ -529,8 +527,6 @@ def dvc_stages(cfg: dict[str, Any]) -> dict[str, Any]:
             options: dict[str, Any] = {}
             if stage.persist:
                 options["persist"] = True
-            if out in stage.uncached:
-                options["cache"] = False
             item = {out: options} if options else out
             (metrics if out in stage.metrics else outs).append(item)
         for out in stage.resumable:
