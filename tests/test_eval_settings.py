@@ -76,3 +76,22 @@ def test_every_method_is_greedy_and_uses_topk(method):
         assert search.calls and all(top_n == 3 for _, top_n in search.calls)
     else:
         assert search.calls == []
+
+
+def test_a_judge_without_its_key_fails_before_the_model_is_loaded(tmp_path, monkeypatch):
+    """The paper config enables the gpt-4o-mini judge with api_key_env: a missing key must stop the job
+    before it starts a model server (minutes on a GPU node), naming the variable."""
+    cfg = make_cfg(tmp_path, n_questions=3)
+    cfg["evaluation"]["judge"] = {
+        "enabled": True,
+        "url": "http://127.0.0.1:9/v1",
+        "model": "gpt-4o-mini",
+        "api_key_env": "RRL_TEST_MISSING_KEY",
+    }
+    monkeypatch.delenv("RRL_TEST_MISSING_KEY", raising=False)
+    write_questions(cfg, 3)
+    opened = []
+    monkeypatch.setattr(evaluate, "open_generator", lambda *args: opened.append(args))
+    with pytest.raises(ValueError, match="RRL_TEST_MISSING_KEY"):
+        evaluate.run(cfg, "tiny-base", "bamboogle", "zero_shot")
+    assert opened == []

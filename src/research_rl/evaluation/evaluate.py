@@ -58,15 +58,16 @@ def run(
 
     if todo:
         with contextlib.ExitStack() as stack:
+            # The judge first: a missing URL or key fails before a model server is started for nothing.
+            judge = judge_from_config(cfg)
+            if judge is not None:
+                stack.callback(judge.close)
             if generator is None:
                 generator = stack.enter_context(open_generator(cfg, model_path(cfg, model, method), out_dir))
             if search_client is None and method in USES_RETRIEVAL:
                 from research_rl.retrieval.service import retriever_for_job
 
                 search_client = stack.enter_context(retriever_for_job(cfg, mode="job"))
-            judge = judge_from_config(cfg)
-            if judge is not None:
-                stack.callback(judge.close)
             _generate(cfg, method, entry, todo, generator, search_client, judge, pred_path)
 
     wanted = {q["id"] for q in questions}
