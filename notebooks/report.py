@@ -48,6 +48,19 @@ for kind, path in tables.items():
     print(f"{kind}: {path}")
 
 # %% [markdown]
+# ### The paper's Table 2 beside ours
+#
+# Per cell: our score with its bootstrap 95% interval, the paper's value (config/reference/paper_table2.csv),
+# ours minus the paper's in points, and whether the paper's value lies inside our interval; EM and the
+# LLM judge (LJ). Shown only on a config with `report.reference` (config/paper.yaml).
+
+# %%
+if "paper_vs_ours_markdown" in tables:
+    display(Markdown(tables["paper_vs_ours_markdown"].read_text()))
+else:
+    display(Markdown(report.NOT_COMPARABLE))
+
+# %% [markdown]
 # ### What GRPO changed: ReSearch after RL minus before RL, paired by question
 #
 # The same rollout, prompt and greedy decoding on the checkpoint before GRPO (`research_base`) and on

@@ -7,6 +7,7 @@ the serve test starts it that way, as the stand-in for `vllm serve`.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import socket
@@ -261,11 +262,13 @@ def test_research_rollout_through_the_http_backend(fake, tiny_tokenizer):
 
 
 def judge_by_golds(content: str) -> str:
-    """A judge that says yes when the predicted answer is one of the reference answers."""
-    golds = json.loads(re.search(r"Reference answers: (\[.*\])", content).group(1))
-    prediction = re.search(r"Predicted answer: (.*)", content).group(1).strip()
-    verdict = "yes" if prediction.lower() in [g.lower() for g in golds] else "no"
-    return f"The reference says {golds[0]}; is it correct? Verdict: {verdict}"
+    """A judge that calls the prediction correct when it is one of the gold answers, replying in the
+    paper's JSON format (a rationale that names both verdict words, then the judgement)."""
+    golds = ast.literal_eval(re.search(r"ground truth answers: (\[.*\])", content).group(1))
+    prediction = re.search(r"pred_answer: (.*)", content).group(1).strip()
+    verdict = "correct" if prediction.lower() in [g.lower() for g in golds] else "incorrect"
+    rationale = f"The golds say {golds[0]}; correct or incorrect?"
+    return "```json\n" + json.dumps({"rationale": rationale, "judgement": verdict}) + "\n```"
 
 
 def test_judge_asks_a_chat_endpoint_and_parses_the_verdict():
@@ -282,8 +285,47 @@ def test_judge_asks_a_chat_endpoint_and_parses_the_verdict():
         assert judge.judge_batch(items) == [1.0, 0.0, 0.0]
     assert len(fake.chat_bodies) == 2  # the empty prediction is not sent
     assert all(body["model"] == "judge-model" and body["temperature"] == 0 for body in fake.chat_bodies)
+    # the original's request: a JSON object reply of up to 1024 tokens
+    assert all(body["response_format"] == {"type": "json_object"} for body in fake.chat_bodies)
+    assert all(body["max_tokens"] == 1024 for body in fake.chat_bodies)
     asked = sorted(body["messages"][0]["content"] for body in fake.chat_bodies)
-    assert "Question: Capital of France?" in asked[0] and "Question: Capital of Spain?" in asked[1]
+    assert "question: Capital of France?" in asked[0] and "question: Capital of Spain?" in asked[1]
+    # the gold list as the original writes it (str of a Python list)
+    assert "ground truth answers: ['Paris', 'City of Paris']\npred_answer: paris\n" in asked[0]
+
+
+def test_judge_prompt_is_the_papers():
+    """Appendix A's prompt (Agent-RL/ReSearch's llm_judge.py): its instructions, fields and JSON reply."""
+    from research_rl.evaluation.judge import judge_prompt
+
+    prompt = judge_prompt("Who?", ["Ada", "Ada L."], "ada")
+    assert prompt.startswith(
+        "You will be given a question and its ground truth answer list where each item can be a ground truth answer. "
+        "Provided a pred_answer, you need to judge if the pred_answer correctly answers the question"
+    )
+    assert (
+        "2. Each item in the ground truth answer list can be viewed as a ground truth answer for the question, and "
+        "the pred_answer should be semantically same to at least one of them.\n" in prompt
+    )
+    assert "question: Who?\nground truth answers: ['Ada', 'Ada L.']\npred_answer: ada\n" in prompt
+    assert '```json \n{\n    "rationale"' in prompt and "can only be 'correct' or 'incorrect'\"\n}\n```" in prompt
+    assert prompt.endswith("\n\nYour output:")
+
+
+def test_judge_api_key_comes_from_the_named_environment_variable(monkeypatch):
+    from research_rl.evaluation.judge import judge_from_config
+
+    cfg = {"evaluation": {"judge": {"enabled": True, "url": "http://127.0.0.1:9/v1", "model": "gpt-4o-mini"}}}
+    cfg["evaluation"]["judge"]["api_key_env"] = "RRL_TEST_JUDGE_KEY"
+    monkeypatch.delenv("RRL_TEST_JUDGE_KEY", raising=False)
+    with pytest.raises(ValueError, match=r"evaluation\.judge\.api_key_env.*RRL_TEST_JUDGE_KEY"):
+        judge_from_config(cfg)
+    monkeypatch.setenv("RRL_TEST_JUDGE_KEY", "sk-test")
+    judge = judge_from_config(cfg)
+    try:
+        assert judge.model == "gpt-4o-mini" and judge._client.headers["Authorization"] == "Bearer sk-test"
+    finally:
+        judge.close()
 
 
 def test_judge_retries_a_reply_without_verdict_then_gives_up():
@@ -304,6 +346,9 @@ def test_parse_verdict():
     assert parse_verdict("It says no, but yes overall.\nVerdict: yes") == 1.0
     assert parse_verdict("Looks right.\nVerdict: No") == 0.0
     assert parse_verdict('{"rationale": "x", "judgement": "incorrect"}') == 0.0
+    # the paper's JSON reply: the judgement decides, whatever words the rationale uses
+    assert parse_verdict('{"rationale": "not correct, yes", "judgement": "incorrect"}') == 0.0
+    assert parse_verdict('```json\n{"rationale": "it is incorrect? no", "judgement": "Correct"}\n```') == 1.0
     assert parse_verdict("correct") == 1.0
     assert parse_verdict("I cannot tell.") is None
 

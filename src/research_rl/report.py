@@ -223,6 +223,12 @@ def write_tables(cfg: dict[str, Any]) -> dict[str, Path]:
     flat.to_csv(written["csv"])
     written["latex"] = out / "main_table.tex"
     written["latex"].write_text(table_to_latex(main_table(cfg, metrics, latex=True), caption), encoding="utf-8")
+    comparison = paper_vs_ours(cfg, metrics)
+    if comparison is not None:
+        written["paper_vs_ours_csv"] = out / "paper_vs_ours.csv"
+        comparison.to_csv(written["paper_vs_ours_csv"], index=False)
+        written["paper_vs_ours_markdown"] = out / "paper_vs_ours.md"
+        written["paper_vs_ours_markdown"].write_text(paper_vs_ours_to_markdown(comparison), encoding="utf-8")
     gains = rl_gain_table(cfg)
     if not gains.empty:
         written["rl_gain_csv"] = out / "rl_gain.csv"
@@ -230,6 +236,163 @@ def write_tables(cfg: dict[str, Any]) -> dict[str, Path]:
         written["rl_gain_markdown"] = out / "rl_gain.md"
         written["rl_gain_markdown"].write_text(rl_gain_to_markdown(gains), encoding="utf-8")
     return written
+
+
+# ---------------------------------------------------------------- the paper's table beside ours
+
+# The paper's rows (config/reference/paper_table2.csv), in its order, and its two metrics with the
+# metrics.json key that measures each.
+PAPER_ROW_LABELS = {
+    "naive_generation": "Naive Generation",
+    "naive_rag": "Naive RAG",
+    "iter_retgen": "Iter-RetGen",
+    "ircot": "IRCoT",
+    "research_base": "ReSearch (base)",
+    "research_instruct": "ReSearch (instruct)",
+}
+PAPER_METRICS = {"em": "em", "lj": "judge"}
+PAPER_METRIC_LABELS = {"em": "EM", "lj": "LJ"}
+NOT_COMPARABLE = (
+    "This config has no `report.reference`: its results are not comparable with the paper's (the embedded "
+    "default evaluates a tiny model on a generated toy world), so no paper column is shown."
+)
+
+
+def load_reference(cfg: dict[str, Any]) -> pd.DataFrame | None:
+    """The paper's table that report.reference.table names (None when the config has no reference)."""
+    reference = cfg.get("report", {}).get("reference")
+    if not reference:
+        return None
+    path = Path(reference["table"])
+    if not path.exists():
+        raise FileNotFoundError(f"report.reference.table: {path} does not exist")
+    table = pd.read_csv(path, dtype={"family": str, "value": float})
+    expected = ["family", "method", "benchmark", "metric", "value"]
+    if list(table.columns) != expected:
+        raise ValueError(f"report.reference.table: {path} has columns {list(table.columns)}, expected {expected}")
+    return table
+
+
+def reference_model(cfg: dict[str, Any], family: str, kind: str, row: str = "?") -> str | None:
+    """The model entry of `family` (its `size`) that plays `kind` for a paper row: `baseline` (listed in
+    evaluation.baseline_models), `base` (apply_chat false) or `instruct` (apply_chat true); None if absent."""
+    baselines = set(cfg.get("evaluation", {}).get("baseline_models", []))
+    candidates = [e["name"] for e in cfg["models"] if str(e.get("size")) == family]
+    if kind == "baseline":
+        found = [name for name in candidates if name in baselines]
+    elif kind in ("base", "instruct"):
+        wanted = kind == "instruct"
+        found = [e["name"] for e in cfg["models"] if e["name"] in candidates and bool(e.get("apply_chat")) == wanted]
+    else:
+        raise ValueError(f"report.reference.rows.{row}.model: {kind!r} is not one of baseline, base, instruct")
+    if len(found) > 1:
+        raise ValueError(
+            f"report.reference.rows.{row}: family {family} has several {kind} models ({', '.join(found)}); "
+            "the paper has one per family"
+        )
+    return found[0] if found else None
+
+
+def paper_vs_ours(cfg: dict[str, Any], metrics: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """The paper's Table 2 cell by cell beside ours, or None when the config has no report.reference.
+
+    One row per (family, paper row, benchmark, metric) of the reference table whose row the config maps:
+    our mean and bootstrap 95% interval (in %, NaN where not evaluated or not judged), the paper's value,
+    ours minus the paper's in points, and whether the paper's value lies inside our interval.
+    """
+    table = load_reference(cfg)
+    if table is None:
+        return None
+    metrics = collect_eval_metrics(cfg) if metrics is None else metrics
+    indexed = metrics.set_index(["model", "method", "benchmark"]) if not metrics.empty else None
+    rows_cfg = cfg["report"]["reference"]["rows"]
+    families = list(dict.fromkeys(table["family"]))
+    order = {name: i for i, name in enumerate(PAPER_ROW_LABELS)}
+    rows = []
+    for ref in sorted(
+        table.to_dict("records"),
+        key=lambda r: (
+            families.index(r["family"]),
+            order.get(r["method"], len(order)),
+            _benchmark_order(r["benchmark"]),
+            list(PAPER_METRICS).index(r["metric"]) if r["metric"] in PAPER_METRICS else len(PAPER_METRICS),
+        ),
+    ):
+        mapping = rows_cfg.get(ref["method"])
+        if mapping is None or ref["metric"] not in PAPER_METRICS:
+            continue
+        model = reference_model(cfg, ref["family"], mapping["model"], ref["method"])
+        ours_metric = PAPER_METRICS[ref["metric"]]
+        key = (model, mapping["method"], ref["benchmark"])
+        cell = indexed.loc[key] if indexed is not None and model is not None and key in indexed.index else None
+        mean, low, high = (_get(cell, name) for name in (ours_metric, f"{ours_metric}_lo", f"{ours_metric}_hi"))
+        ours = _percent(mean)
+        lo, hi = _percent(low), _percent(high)
+        paper = float(ref["value"])
+        inside = None if math.isnan(lo) or math.isnan(hi) else bool(lo <= paper <= hi)
+        rows.append(
+            {
+                "family": ref["family"],
+                "paper_row": ref["method"],
+                "benchmark": ref["benchmark"],
+                "metric": ref["metric"],
+                "model": model,
+                "method": mapping["method"],
+                "n": None if cell is None or _get(cell, "n") is None else int(_get(cell, "n")),
+                "ours": ours,
+                "ours_lo": lo,
+                "ours_hi": hi,
+                "paper": paper,
+                "diff": ours - paper,
+                "paper_in_ci": inside,
+            }
+        )
+    columns = ["family", "paper_row", "benchmark", "metric", "model", "method", "n"]
+    columns += ["ours", "ours_lo", "ours_hi", "paper", "diff", "paper_in_ci"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["n"] = frame["n"].astype("Int64")
+    # Points to 4 decimals: float noise (e.g. 28.000000000000004) out of the CSV; paper_in_ci used full precision.
+    return frame.round({"ours": 4, "ours_lo": 4, "ours_hi": 4, "diff": 4})
+
+
+def _percent(value: float | None) -> float:
+    return float("nan") if value is None else 100.0 * value
+
+
+def _benchmark_order(benchmark: str) -> int:
+    return paths.BENCHMARKS.index(benchmark) if benchmark in paths.BENCHMARKS else len(paths.BENCHMARKS)
+
+
+def paper_vs_ours_to_markdown(comparison: pd.DataFrame) -> str:
+    """One row per (family, paper row, benchmark); per metric: ours [95% CI], the paper's, the
+    difference in points and whether the paper's value lies in our interval."""
+    metrics = [m for m in PAPER_METRICS if m in set(comparison["metric"])]
+    header = ["Family", "Paper row", "Ours (model, method)", "Benchmark"]
+    for metric in metrics:
+        label = PAPER_METRIC_LABELS[metric]
+        header += [f"{label} ours [95% CI]", f"{label} paper", f"{label} ours − paper", f"{label} paper in CI"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|"]
+    for (family, row, benchmark), group in comparison.groupby(
+        ["family", "paper_row", "benchmark"], sort=False, dropna=False
+    ):
+        first = group.iloc[0]
+        model = first["model"] if isinstance(first["model"], str) else f"(no {family} model)"
+        ours_name = f"{model}, {first['method']}"
+        cells = [family, PAPER_ROW_LABELS.get(row, row), ours_name, BENCHMARK_LABELS.get(benchmark, benchmark)]
+        by_metric = {r["metric"]: r for r in group.to_dict("records")}
+        for metric in metrics:
+            r = by_metric.get(metric)
+            if r is None:
+                cells += [MISSING] * 4
+                continue
+            ours = MISSING if math.isnan(r["ours"]) else f"{r['ours']:.2f}"
+            if ours != MISSING and not math.isnan(r["ours_lo"]):
+                ours += f" [{r['ours_lo']:.2f}, {r['ours_hi']:.2f}]"
+            diff = MISSING if math.isnan(r["diff"]) else f"{r['diff']:+.2f}"
+            inside = MISSING if r["paper_in_ci"] is None else ("yes" if r["paper_in_ci"] else "no")
+            cells += [ours, f"{r['paper']:.2f}", diff, inside]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- what GRPO changed

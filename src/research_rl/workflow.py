@@ -445,12 +445,18 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
 
     report_outs = [str(paths.tables_dir(cfg)), str(paths.figures_dir(cfg))]
     notebook = [cfg["report"]["notebook"]] if Path(cfg["report"]["notebook"]).exists() else []
+    # The paper's table (paper_vs_ours) where the config sets one beside ours; the embedded default has none.
+    reference = cfg["report"].get("reference")
+    reference_deps = [reference["table"]] if reference else []
     add(
         "report",
-        deps=metrics_files + [str(paths.trained_model_final(cfg, e["name"])) for e in cfg["models"]] + notebook,
+        deps=metrics_files
+        + [str(paths.trained_model_final(cfg, e["name"])) for e in cfg["models"]]
+        + notebook
+        + reference_deps,
         outs=report_outs,
         out_dirs=report_outs,
-        params=["evaluation.bootstrap_samples", "seed"],
+        params=["evaluation.bootstrap_samples", "seed"] + (["report.reference"] if reference else []),
     )
     return stages
 

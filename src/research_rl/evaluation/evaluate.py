@@ -48,7 +48,9 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_path = out_dir / "predictions.jsonl"
 
-    questions = load_questions(paths.qa_path(cfg, benchmark, split), cfg["evaluation"].get("max_questions"))
+    qa_path = paths.qa_path(cfg, benchmark, split)
+    questions = load_questions(qa_path, cfg["evaluation"].get("max_questions"))
+    check_question_count(cfg, benchmark, len(questions), qa_path)
     done = read_predictions(pred_path)
     done_ids = {record["id"] for record in done}
     todo = [q for q in questions if q["id"] not in done_ids]
@@ -56,15 +58,16 @@ def run(
 
     if todo:
         with contextlib.ExitStack() as stack:
+            # The judge first: a missing URL or key fails before a model server is started for nothing.
+            judge = judge_from_config(cfg)
+            if judge is not None:
+                stack.callback(judge.close)
             if generator is None:
                 generator = stack.enter_context(open_generator(cfg, model_path(cfg, model, method), out_dir))
             if search_client is None and method in USES_RETRIEVAL:
                 from research_rl.retrieval.service import retriever_for_job
 
                 search_client = stack.enter_context(retriever_for_job(cfg, mode="job"))
-            judge = judge_from_config(cfg)
-            if judge is not None:
-                stack.callback(judge.close)
             _generate(cfg, method, entry, todo, generator, search_client, judge, pred_path)
 
     wanted = {q["id"] for q in questions}
@@ -161,6 +164,24 @@ def load_questions(path: Path, max_questions: int | None = None) -> list[dict[st
             if max_questions is not None and len(questions) >= max_questions:
                 break
     return questions
+
+
+def check_question_count(cfg: dict[str, Any], benchmark: str, n_questions: int, path: Path) -> None:
+    """Fail when a full split (max_questions null) has another size than evaluation.expected_questions
+    says: the paper's numbers are over its full dev/test sets, and a different download (a truncated file,
+    another release) would give a cell that only looks comparable. A subset by max_questions is logged."""
+    expected = cfg["evaluation"].get("expected_questions", {}).get(benchmark)
+    if expected is None:
+        return
+    if cfg["evaluation"].get("max_questions") is not None:
+        if n_questions != expected:
+            _log(f"note: {benchmark}: evaluating {n_questions} of the paper's {expected} questions (max_questions)")
+        return
+    if n_questions != expected:
+        raise ValueError(
+            f"{path}: {n_questions} questions, but evaluation.expected_questions.{benchmark} is {expected} "
+            "(the paper's full split); check the downloaded file, or remove that entry to evaluate it anyway"
+        )
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
