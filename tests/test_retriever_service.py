@@ -1,0 +1,288 @@
+"""One retriever service per run (retrieval/run_service.py): launched once, found by URL file, checked, stopped.
+
+Real processes on 127.0.0.1 over a BM25 index (no encoder to load): two "jobs", each a separate Python
+process with two clients, as a 2-process training job would hold, start at the same moment with no
+service running; exactly one service must come up, loaded once, and neither job may load the index.
+Every wait is bounded, and the module's finalizer stops any service a failed test left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from research_rl import paths
+from research_rl.retrieval import gpu, index, run_service
+from research_rl.retrieval.meta import IndexMismatchError
+from research_rl.retrieval.searcher import load_searcher
+from research_rl.retrieval.server import ServerThread, app_settings
+from research_rl.retrieval.service import job_mode, retriever_for_job
+from research_rl.retrieval.synthetic import write_synthetic_corpus
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+N_PASSAGES = 120
+JOB_TIMEOUT = 120  # seconds for one job process: imports, the launch, the service's start, two searches
+
+# A job of the run: two processes' worth of clients through retriever_for_job, with load_searcher made
+# to fail, so a job that loaded the index itself (instead of using the service) would crash.
+JOB_SCRIPT = r"""
+import json, sys
+import research_rl.retrieval.searcher as searcher_module
+import research_rl.retrieval.service as service_module
+def refuse(*args, **kwargs):
+    raise AssertionError("a job loaded the index itself")
+searcher_module.load_searcher = service_module.load_searcher = refuse
+from research_rl.config import load_config
+cfg = load_config(sys.argv[1])
+mode = service_module.job_mode(cfg)
+reports = []
+for process in range(2):
+    with service_module.retriever_for_job(cfg, mode="job") as client:
+        docs = client.batch_search([sys.argv[2]], 3)
+        reports.append({"health": client.health(), "top": docs[0][0]["id"], "url": client.url})
+print(json.dumps({"mode": mode, "reports": reports}))
+"""
+
+
+def _config(tmp: Path) -> dict:
+    cfg = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    cfg["paths"]["data"] = str(tmp / "data")
+    cfg["paths"]["results"] = str(tmp / "results")
+    cfg["corpus"]["name"] = "synthetic"
+    cfg["retriever"]["kind"] = "bm25"
+    cfg["retriever"]["service"] = {
+        "enabled": True,
+        "launcher": "local",
+        "host": "127.0.0.1",
+        "port": 0,
+        "startup_timeout_seconds": 90,
+    }
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run-service")
+    cfg = _config(tmp)
+    people = write_synthetic_corpus(paths.corpus_path(cfg), N_PASSAGES, seed=5)
+    index.run(cfg, "bm25")
+    config_file = tmp / "config.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    yield cfg, people, config_file
+    run_service.stop(cfg)  # whatever a failed test left running
+
+
+def _wait_gone(pid: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not run_service._pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_two_jobs_share_one_service_that_loads_the_index_once(world):
+    cfg, people, config_file = world
+    query = f"Who is {people[7]['name']}?"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", JOB_SCRIPT, str(config_file), query],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**env, "WORLD_SIZE": "2", "RANK": str(rank)},
+        )
+        for rank in range(2)
+    ]
+    outputs = []
+    for job in jobs:
+        stdout, stderr = job.communicate(timeout=JOB_TIMEOUT)
+        assert job.returncode == 0, stderr[-3000:]
+        outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+    reports = [report for output in outputs for report in output["reports"]]
+    assert {output["mode"] for output in outputs} == {"auto"}
+    assert len(reports) == 4 and {report["top"] for report in reports} == {"7"}
+    # One service: the same pid, URL and process that loaded the index exactly once, for every client.
+    assert len({report["health"]["pid"] for report in reports}) == 1
+    assert len({report["url"] for report in reports}) == 1
+    assert {report["health"]["index_loads"] for report in reports} == {1}
+    pid = reports[0]["health"]["pid"]
+    assert pid not in {job.pid for job in jobs}
+
+    record = json.loads(run_service.url_file(cfg).read_text())
+    assert record["pid"] == pid and record["url"] == reports[0]["url"] and record["host"] == "127.0.0.1"
+    assert record["fingerprint"] == run_service.expected_fingerprint(cfg)
+    assert run_service.status(cfg)["state"] == "running"
+
+    # The service stops cleanly on SIGTERM (Slurm's scancel sends the same) and withdraws its URL file.
+    os.kill(pid, signal.SIGTERM)
+    assert _wait_gone(pid), "the service did not stop within 30 s of SIGTERM"
+    assert not run_service.url_file(cfg).exists()
+    assert run_service.status(cfg)["state"] == "starting"  # launch.json stays until `retriever stop`
+    run_service.stop(cfg)
+    assert run_service.status(cfg)["state"] == "none"
+
+
+def test_start_status_stop_from_the_command_line(world):
+    cfg, people, config_file = world
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-c", "from research_rl.cli import app; app()"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*cli, "retriever", *args, "--config", str(config_file)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=JOB_TIMEOUT,
+        )
+
+    started = run("start")
+    assert started.returncode == 0, started.stderr[-3000:]
+    record = json.loads(started.stdout)["record"]
+    again = run("start")  # idempotent: the running service is reused, not a second one started
+    assert again.returncode == 0 and json.loads(again.stdout)["record"]["pid"] == record["pid"]
+    shown = run("status")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["state"] == "running"
+    with retriever_for_job(cfg, mode="auto") as client:
+        assert client.batch_search([people[3]["name"]], 2)[0][0]["id"] == "3"
+    stopped = run("stop")
+    assert stopped.returncode == 0 and f"stopped pid {record['pid']}" in stopped.stdout
+    assert _wait_gone(record["pid"], 5) and not run_service.url_file(cfg).exists()
+    assert json.loads(run("status").stdout)["state"] == "none"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_stale_url_file_is_a_clear_error(world):
+    cfg, _, _ = world
+    stale = {"url": f"http://127.0.0.1:{_closed_port()}", "pid": 999999, "hostname": "elsewhere"}
+    run_service.url_file(cfg).parent.mkdir(parents=True, exist_ok=True)
+    run_service.url_file(cfg).write_text(json.dumps(stale))
+    try:
+        with pytest.raises(run_service.RetrieverServiceError, match="does not answer at http://127.0.0.1") as error:
+            with retriever_for_job(cfg, mode="job"):
+                pass
+        assert str(run_service.url_file(cfg)) in str(error.value) and "retriever stop" in str(error.value)
+        assert run_service.status(cfg)["state"] == "stale"
+    finally:
+        run_service.stop(cfg)
+    assert not run_service.url_file(cfg).exists()
+
+
+def test_a_service_on_another_index_is_refused(world):
+    cfg, people, _ = world
+    foreign = {"fingerprint": "0" * 64, "index_dir": "/elsewhere/index/bm25"}
+    with ServerThread(load_searcher(cfg), app_settings(cfg), identity=foreign) as server:
+        run_service.url_file(cfg).write_text(json.dumps({"url": server.url, "pid": os.getpid()}))
+        try:
+            with pytest.raises(IndexMismatchError, match="/elsewhere/index/bm25"):
+                with retriever_for_job(cfg, mode="job"):
+                    pass
+            assert run_service.status(cfg)["state"] == "wrong_index"
+        finally:
+            run_service.url_file(cfg).unlink()
+        # The same check for a service named by retriever.server.url.
+        named = {**cfg, "retriever": {**cfg["retriever"], "server": {**cfg["retriever"]["server"], "url": server.url}}}
+        with pytest.raises(IndexMismatchError, match="retriever.server.url"):
+            with retriever_for_job(named, mode="job"):
+                pass
+    # A service of another tool reports no fingerprint: a configured URL is then taken as it is.
+    with ServerThread(load_searcher(cfg), app_settings(cfg)) as server:
+        named["retriever"]["server"]["url"] = server.url
+        with retriever_for_job(named, mode="job") as client:
+            assert client.batch_search([people[2]["name"]], 1)[0][0]["id"] == "2"
+
+
+def test_job_mode_uses_the_service_when_enabled(world):
+    cfg, _, _ = world
+    assert job_mode(cfg) == "auto"
+    off = {**cfg, "retriever": {**cfg["retriever"], "service": {"enabled": False}}}
+    assert run_service.enabled(off) is False
+
+
+def test_sbatch_command_requests_the_index_resources():
+    from research_rl.config import load_config
+
+    cfg = load_config(REPO_ROOT / "config" / "paper.yaml")
+    command = run_service.sbatch_command(cfg, python="/opt/venv/bin/python")
+    assert command[:2] == ["sbatch", "--parsable"]
+    flags = dict(zip(command[2:-2:1], command[3:-1:1], strict=False))
+    assert flags["--cpus-per-task"] == "16" and flags["--mem"] == "192000M" and flags["--time"] == "4320"
+    assert "--gpus=2" in command
+    assert command[-2] == "--wrap"
+    wrapped = command[-1]
+    assert wrapped.startswith("exec /opt/venv/bin/python -m research_rl.retrieval.server --config results/.retriever/")
+    assert "--host 0.0.0.0" in wrapped and "--url-file results/.retriever/url.json" in wrapped
+
+
+def test_slurm_launcher_without_sbatch_is_a_clear_error(world, monkeypatch, tmp_path):
+    cfg, _, _ = world
+    slurm_cfg = {**cfg, "paths": {**cfg["paths"], "results": str(tmp_path / "results")}}
+    slurm_cfg["retriever"] = {**cfg["retriever"], "service": {**cfg["retriever"]["service"], "launcher": "slurm"}}
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    with pytest.raises(run_service.RetrieverServiceError, match="`sbatch` is not on PATH"):
+        run_service.ensure(slurm_cfg)
+    assert not run_service.launch_file(slurm_cfg).exists()  # the claim is withdrawn for the next try
+
+
+def test_advertised_host():
+    assert run_service.advertised_host("127.0.0.1") == "127.0.0.1"
+    assert run_service.advertised_host("0.0.0.0") == socket.getfqdn()
+    assert run_service.advertised_host("0.0.0.0", "gpu-node-7.cluster") == "gpu-node-7.cluster"
+
+
+# ---- the index on CPU or over GPUs ----
+
+
+def test_gpu_options_are_parsed_with_defaults():
+    assert gpu.placement({}) == gpu.GpuPlacement(use_gpu=False, required=False, shard=True, float16=False, ngpu=-1)
+    options = gpu.placement({"use_gpu": True, "gpu_shard": False, "gpu_float16": True, "gpu_count": 2})
+    assert options == gpu.GpuPlacement(use_gpu=True, required=False, shard=False, float16=True, ngpu=2)
+    with pytest.raises(ValueError, match="retriever.dense.gpu_shard"):
+        gpu.placement({"gpu_shard": "yes"})
+    with pytest.raises(ValueError, match="retriever.dense.gpu_count"):
+        gpu.placement({"gpu_count": 0})
+
+
+def _small_index():
+    import faiss
+    import numpy as np
+
+    index = faiss.IndexFlatIP(8)
+    index.add(np.eye(8, dtype=np.float32))
+    return index
+
+
+@pytest.mark.skipif(gpu.faiss_gpu_count() > 0, reason="this faiss has GPUs: the CPU fallback does not apply")
+def test_use_gpu_falls_back_to_cpu_without_faiss_gpu(capsys):
+    index = _small_index()
+    placed = gpu.place_index(index, {"use_gpu": True})
+    assert placed is index and "searching on CPU" in capsys.readouterr().err
+    scores, rows = placed.search(index.reconstruct_n(0, 2), 1)
+    assert rows[:, 0].tolist() == [0, 1]
+
+
+@pytest.mark.skipif(gpu.faiss_gpu_count() > 0, reason="this faiss has GPUs")
+def test_gpu_required_without_faiss_gpu_is_a_clear_error():
+    with pytest.raises(gpu.GpuUnavailableError, match="gpu_required.*no GPU support"):
+        gpu.place_index(_small_index(), {"use_gpu": True, "gpu_required": True})
+
+
+def test_cpu_index_stays_where_it_is():
+    index = _small_index()
+    assert gpu.place_index(index, {"use_gpu": False}) is index
