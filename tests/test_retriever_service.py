@@ -170,7 +170,9 @@ def _closed_port() -> int:
 
 def test_a_stale_url_file_is_a_clear_error(world):
     cfg, _, _ = world
-    stale = {"url": f"http://127.0.0.1:{_closed_port()}", "pid": 999999, "hostname": "elsewhere"}
+    # The dead service's pid now belongs to another program on this host: `stop` must not signal it.
+    other = subprocess.Popen(["sleep", "60"])
+    stale = {"url": f"http://127.0.0.1:{_closed_port()}", "pid": other.pid, "hostname": socket.gethostname()}
     run_service.url_file(cfg).parent.mkdir(parents=True, exist_ok=True)
     run_service.url_file(cfg).write_text(json.dumps(stale))
     try:
@@ -179,7 +181,11 @@ def test_a_stale_url_file_is_a_clear_error(world):
                 pass
         assert str(run_service.url_file(cfg)) in str(error.value) and "retriever stop" in str(error.value)
         assert run_service.status(cfg)["state"] == "stale"
+        assert "was not running here" in run_service.stop(cfg)
+        assert other.poll() is None, "stop signalled a process that is not the service"
     finally:
+        other.kill()
+        other.wait()
         run_service.stop(cfg)
     assert not run_service.url_file(cfg).exists()
 
@@ -286,3 +292,69 @@ def test_gpu_required_without_faiss_gpu_is_a_clear_error():
 def test_cpu_index_stays_where_it_is():
     index = _small_index()
     assert gpu.place_index(index, {"use_gpu": False}) is index
+
+
+# ---- on a real one-node Slurm cluster (root, apt-get; as tests/test_slurm.py) ----
+
+# Inside the cluster: `retriever start` submits the service as its own sbatch job; two job processes'
+# clients find it through the URL file; `retriever stop` cancels the job, whose SIGTERM makes the
+# service withdraw its URL file. Prints one JSON line of what it saw.
+SLURM_SCRIPT = r"""
+import json, subprocess, sys, time
+from research_rl.config import load_config
+from research_rl.retrieval import run_service
+from research_rl.retrieval.service import retriever_for_job
+cfg = load_config(sys.argv[1])
+started = run_service.start(cfg)
+record = started["record"]
+tops = []
+for process in range(2):
+    with retriever_for_job(cfg, mode="job") as client:
+        tops.append(client.batch_search([sys.argv[2]], 1)[0][0]["id"])
+        health = client.health()
+job = record["slurm_job_id"]
+queued = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+stopped = run_service.stop(cfg)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and subprocess.run(
+    ["squeue", "-h", "-j", job], capture_output=True, text=True
+).stdout.strip():
+    time.sleep(0.5)
+left = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip()
+print(json.dumps({"record": record, "tops": tops, "health": health, "queued": queued, "stopped": stopped,
+                  "left": left, "url_file": run_service.url_file(cfg).exists()}))
+"""
+
+
+def _slurm_skip_reason() -> str | None:
+    try:
+        from test_slurm import skip_reason
+    except ImportError as error:  # the shared helpers of tests/test_slurm.py
+        return f"tests/test_slurm.py helpers unavailable: {error}"
+    return skip_reason()
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(_slurm_skip_reason() is not None, reason=_slurm_skip_reason() or "")
+def test_the_service_runs_as_its_own_slurm_job(world, tmp_path, tmp_path_factory):
+    from test_slurm import run_cluster
+
+    base, people, _ = world
+    cfg = {**base, "paths": {**base["paths"], "results": str(tmp_path / "results")}}
+    slurm = {"cpus": 1, "mem_mb": 500, "runtime": 10, "slurm_partition": "debug"}
+    cfg["retriever"] = {**base["retriever"], "service": {**base["retriever"]["service"], "launcher": "slurm"}}
+    cfg["retriever"]["service"]["slurm"] = slurm
+    config_file = tmp_path / "slurm.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    query = f"Who is {people[9]['name']}?"
+    cmd = ["timeout", "300", sys.executable, "-c", SLURM_SCRIPT, str(config_file), query]
+    rc, output = run_cluster(cmd, tmp_path, env, tmp_path_factory.mktemp("slurm-state"))
+    assert rc == 0, output
+    seen = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+    job = seen["record"]["slurm_job_id"]
+    assert job and seen["health"]["slurm_job_id"] == job and seen["queued"] == "RUNNING"
+    assert seen["tops"] == ["9", "9"] and seen["health"]["index_loads"] == 1
+    assert seen["stopped"] == f"cancelled Slurm job {job}" and seen["left"] == "" and not seen["url_file"]
+    log = tmp_path / "results" / ".retriever" / f"slurm-{job}.log"
+    assert log.is_file(), "the service job's Slurm log is kept beside its URL file"

@@ -221,7 +221,7 @@ def _claim_launch(cfg: dict[str, Any]) -> bool:
     except FileExistsError:
         return False
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"state": "launching", "hostname": socket.gethostname(), "pid": os.getpid()}, handle)
+        json.dump({"state": "launching", "hostname": socket.gethostname(), "claimed_by_pid": os.getpid()}, handle)
     return True
 
 
@@ -255,6 +255,15 @@ def _pid_alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat[stat.rindex(")") + 2] != "Z"
     return True
+
+
+def _is_service_process(pid: int) -> bool:
+    """A live process running our server module: never signal a pid that was reused by another program."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return _pid_alive(pid) and b"research_rl.retrieval.server" in command
 
 
 def _wait_for_url(cfg: dict[str, Any], fingerprint: str, timeout: float) -> dict[str, Any]:
@@ -318,14 +327,21 @@ def stop(cfg: dict[str, Any], timeout: float = 30.0) -> str:
     launch = _read_json(launch_file(cfg)) or {}
     record = read_url_record(cfg) or {}
     what = "no retriever service was running"
-    job_id = record.get("slurm_job_id") or launch.get("slurm_job_id")
-    if job_id and launch.get("launcher", "slurm") == "slurm" and shutil.which("scancel"):
+    # Only the job that launch.json says was submitted for the service: a locally launched service
+    # inside a Slurm job reports that job's id too, and cancelling it would end the job itself.
+    job_id = launch.get("slurm_job_id") if launch.get("launcher") == "slurm" else None
+    if job_id and shutil.which("scancel") is None:
+        raise RetrieverServiceError(
+            f"the retriever service is Slurm job {job_id} but `scancel` is not on PATH here: "
+            "run `research-rl retriever stop` where Slurm is, or `scancel` it yourself"
+        )
+    if job_id:
         subprocess.run(["scancel", str(job_id)], check=False, timeout=60)
         what = f"cancelled Slurm job {job_id}"
     else:
         pid = record.get("pid") or launch.get("pid")
         host = record.get("hostname") or launch.get("hostname")
-        if pid and host == socket.gethostname() and _pid_alive(int(pid)):
+        if pid and host == socket.gethostname() and _is_service_process(int(pid)):
             os.kill(int(pid), signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while _pid_alive(int(pid)) and time.monotonic() < deadline:
