@@ -358,3 +358,46 @@ def test_the_service_runs_as_its_own_slurm_job(world, tmp_path, tmp_path_factory
     assert seen["stopped"] == f"cancelled Slurm job {job}" and seen["left"] == "" and not seen["url_file"]
     log = tmp_path / "results" / ".retriever" / f"slurm-{job}.log"
     assert log.is_file(), "the service job's Slurm log is kept beside its URL file"
+
+
+# ---- the Snakemake hooks stop the run's service ----
+
+
+def _stand_in_service(root: Path) -> subprocess.Popen:
+    """A process that `stop` takes for the run's service (its command line names the server module), and
+    the run's files naming it: the hooks' wiring is tested here, `stop` on a real service above."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "research_rl.retrieval.server"])
+    files = root / "results" / ".retriever"
+    files.mkdir(parents=True, exist_ok=True)
+    me = {"pid": process.pid, "hostname": socket.gethostname()}
+    (files / "url.json").write_text(json.dumps({"url": "http://127.0.0.1:9", **me}))
+    (files / "launch.json").write_text(json.dumps({"launcher": "local", "state": "launched", **me}))
+    return process
+
+
+@pytest.mark.slow
+def test_snakemake_stops_the_run_service_on_success_and_on_error(tmp_path, monkeypatch):
+    from workflow_sandbox import SNAKEMAKE, edit, make_sandbox, run
+
+    root, env, _ = make_sandbox(tmp_path, monkeypatch)
+    edit("config/config.yaml", "    enabled: false       # false:", "    enabled: true        # false:")
+    env = {**env, "PYTHONPATH": os.pathsep.join(sys.path)}
+    files = root / "results" / ".retriever"
+    service = _stand_in_service(root)
+    try:
+        run([SNAKEMAKE, "-n", "--cores", "1", "data/corpus/toywiki.jsonl"], root, env=env, timeout=120)
+        assert service.poll() is None and (files / "url.json").exists(), "a dry run must not stop the service"
+        output = run([SNAKEMAKE, "--cores", "1", "data/corpus/toywiki.jsonl"], root, env=env, timeout=120)
+        assert f"retriever service: stopped pid {service.pid}" in output
+        assert service.wait(timeout=30) == -signal.SIGTERM
+        assert not (files / "url.json").exists() and not (files / "launch.json").exists()
+
+        service = _stand_in_service(root)
+        failing = {**env, "RRL_STUB_MAP": str(root / "missing.json")}  # the stub CLI fails: a job fails
+        output = run([SNAKEMAKE, "--cores", "1", "data/qa/normalize_report.json"], root, env=failing, check=False)
+        assert "Exiting because a job execution failed" in output or "Error in rule" in output, output
+        assert f"retriever service: stopped pid {service.pid}" in output
+        assert service.wait(timeout=30) == -signal.SIGTERM and not (files / "url.json").exists()
+    finally:
+        service.kill()
+        service.wait()
