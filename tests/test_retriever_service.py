@@ -363,40 +363,49 @@ def test_the_service_runs_as_its_own_slurm_job(world, tmp_path, tmp_path_factory
 # ---- the Snakemake hooks stop the run's service ----
 
 
-def _stand_in_service(root: Path) -> subprocess.Popen:
+def _stand_in_service(root: Path, url: str | None = None) -> subprocess.Popen:
     """A process that `stop` takes for the run's service (its command line names the server module), and
-    the run's files naming it: the hooks' wiring is tested here, `stop` on a real service above."""
+    the run's files naming it: launch.json (a service still starting), and url.json when a URL is given.
+    The hooks' wiring is tested here, `stop` on a real service above."""
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "research_rl.retrieval.server"])
     files = root / "results" / ".retriever"
     files.mkdir(parents=True, exist_ok=True)
     me = {"pid": process.pid, "hostname": socket.gethostname()}
-    (files / "url.json").write_text(json.dumps({"url": "http://127.0.0.1:9", **me}))
+    if url:
+        (files / "url.json").write_text(json.dumps({"url": url, **me}))
     (files / "launch.json").write_text(json.dumps({"launcher": "local", "state": "launched", **me}))
     return process
 
 
 @pytest.mark.slow
-def test_snakemake_stops_the_run_service_on_success_and_on_error(tmp_path, monkeypatch):
+def test_snakemake_hooks_stop_the_run_service(tmp_path, monkeypatch):
     from workflow_sandbox import SNAKEMAKE, edit, make_sandbox, run
 
     root, env, _ = make_sandbox(tmp_path, monkeypatch)
     edit("config/config.yaml", "    enabled: false       # false:", "    enabled: true        # false:")
     env = {**env, "PYTHONPATH": os.pathsep.join(sys.path)}
     files = root / "results" / ".retriever"
+    corpus = [SNAKEMAKE, "--cores", "1", "data/corpus/toywiki.jsonl"]
     service = _stand_in_service(root)
     try:
-        run([SNAKEMAKE, "-n", "--cores", "1", "data/corpus/toywiki.jsonl"], root, env=env, timeout=120)
-        assert service.poll() is None and (files / "url.json").exists(), "a dry run must not stop the service"
-        output = run([SNAKEMAKE, "--cores", "1", "data/corpus/toywiki.jsonl"], root, env=env, timeout=120)
-        assert f"retriever service: stopped pid {service.pid}" in output
-        assert service.wait(timeout=30) == -signal.SIGTERM
-        assert not (files / "url.json").exists() and not (files / "launch.json").exists()
+        run([*corpus, "-n"], root, env=env, timeout=120)
+        assert service.poll() is None and (files / "launch.json").exists(), "a dry run must not stop the service"
+        # onstart keeps a service that is alive (still starting here); onsuccess stops it.
+        output = run(corpus, root, env=env, timeout=120)
+        assert "earlier run" not in output and f"retriever service: stopped pid {service.pid}" in output
+        assert service.wait(timeout=30) == -signal.SIGTERM and not (files / "launch.json").exists()
 
         service = _stand_in_service(root)
         failing = {**env, "RRL_STUB_MAP": str(root / "missing.json")}  # the stub CLI fails: a job fails
         output = run([SNAKEMAKE, "--cores", "1", "data/qa/normalize_report.json"], root, env=failing, check=False)
-        assert "Exiting because a job execution failed" in output or "Error in rule" in output, output
-        assert f"retriever service: stopped pid {service.pid}" in output
+        assert "Error in rule" in output, output
+        assert f"retriever service: stopped pid {service.pid}" in output  # onerror
+        assert service.wait(timeout=30) == -signal.SIGTERM and not (files / "launch.json").exists()
+
+        # A URL file whose service does not answer, left by a killed run: onstart clears it.
+        service = _stand_in_service(root, url=f"http://127.0.0.1:{_closed_port()}")
+        output = run([*corpus, "--forcerun", "download_corpus"], root, env=env, timeout=120)
+        assert f"retriever service left by an earlier run, stale: stopped pid {service.pid}" in output
         assert service.wait(timeout=30) == -signal.SIGTERM and not (files / "url.json").exists()
     finally:
         service.kill()

@@ -371,6 +371,18 @@ def status(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"state": "running", "record": record, "health": body}
 
 
+def clear_unusable(cfg: dict[str, Any]) -> str | None:
+    """Stop and clear a service left by an earlier run that this run cannot use: dead (stale URL file, or a
+    launch whose process or job has ended) or serving another index. Called once at a run's start
+    (the Snakemake onstart hook), before any job could be using it; a healthy one is kept for reuse."""
+    current = status(cfg)
+    launch = current.get("launch") or {}
+    dead_launch = current["state"] == "starting" and launch.get("state") == "launched" and not _launcher_alive(launch)
+    if current["state"] in ("stale", "wrong_index") or dead_launch:
+        return f"{current['state'] if not dead_launch else 'ended before it was ready'}: {stop(cfg)}"
+    return None
+
+
 def start(cfg: dict[str, Any], wait: bool = True) -> dict[str, Any]:
     """`retriever start`: like ensure, but first clears a stale URL file (its service is gone)."""
     current = status(cfg)
