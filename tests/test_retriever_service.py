@@ -214,6 +214,19 @@ def test_a_service_on_another_index_is_refused(world):
             assert client.batch_search([people[2]["name"]], 1)[0][0]["id"] == "2"
 
 
+def test_a_service_that_dies_while_starting_is_a_clear_error(world, tmp_path):
+    cfg, _, _ = world
+    broken = {**cfg, "paths": {**cfg["paths"], "results": str(tmp_path / "results")}}
+    # An address no interface has: the service loads the index, then cannot bind, and exits.
+    broken["retriever"] = {**cfg["retriever"], "service": {**cfg["retriever"]["service"], "host": "192.0.2.1"}}
+    with pytest.raises(run_service.RetrieverServiceError, match="ended before it was ready; see .*service.log"):
+        run_service.ensure(broken, timeout=60)
+    assert "192.0.2.1" in (run_service.service_dir(broken) / "service.log").read_text()
+    assert run_service.status(broken)["state"] == "starting"  # the dead launch stays until cleared
+    assert run_service.clear_unusable(broken).startswith("ended before it was ready")
+    assert run_service.status(broken)["state"] == "none"
+
+
 def test_job_mode_uses_the_service_when_enabled(world):
     cfg, _, _ = world
     assert job_mode(cfg) == "auto"

@@ -414,7 +414,14 @@ def serve(
     searcher = load_searcher(cfg)
     INDEX_LOADS += 1
     freeze_loaded_heap()
-    sock = bind_socket(host, port)
+    try:
+        sock = bind_socket(host, port)
+    except OSError as error:
+        raise SystemExit(
+            f"retriever: cannot listen on {host}:{port}: {error.strerror or error}; set the bind address in "
+            "retriever.service.host (the run's service) or retriever.server.host / --host to one of this "
+            "node's addresses (0.0.0.0: all of them)"
+        ) from error
     bound_port = sock.getsockname()[1]
     public = advertised_host(host, advertise_host)
     url = f"http://[{public}]:{bound_port}" if ":" in public else f"http://{public}:{bound_port}"
