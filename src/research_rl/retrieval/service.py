@@ -155,6 +155,13 @@ def retriever_for_job(cfg: dict[str, Any], mode: str = "auto") -> Iterator[Searc
         with http_client_from_config(cfg, url) as client:
             yield client
         return
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        print(
+            f"retriever: each of the job's {world_size} processes starts its own service and loads the index; "
+            "set retriever.service.enabled to share one service per run (docs/cluster.md)",
+            file=sys.stderr,
+        )
     with start_service(cfg) as url, http_client_from_config(cfg, url) as client:
         yield client
 
