@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -334,8 +335,16 @@ while time.monotonic() < deadline and subprocess.run(
 ).stdout.strip():
     time.sleep(0.5)
 left = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip()
+# A service job that fails while starting (no interface has this address): a clear error, its log named.
+cfg["retriever"]["service"]["host"] = "192.0.2.1"
+try:
+    run_service.ensure(cfg, timeout=120)
+    failed = ""
+except run_service.RetrieverServiceError as error:
+    failed = str(error)
+run_service.stop(cfg)
 print(json.dumps({"record": record, "tops": tops, "health": health, "queued": queued, "stopped": stopped,
-                  "left": left, "url_file": run_service.url_file(cfg).exists()}))
+                  "left": left, "url_file": run_service.url_file(cfg).exists(), "failed": failed}))
 """
 
 
@@ -371,6 +380,9 @@ def test_the_service_runs_as_its_own_slurm_job(world, tmp_path, tmp_path_factory
     assert seen["stopped"] == f"cancelled Slurm job {job}" and seen["left"] == "" and not seen["url_file"]
     log = tmp_path / "results" / ".retriever" / f"slurm-{job}.log"
     assert log.is_file(), "the service job's Slurm log is kept beside its URL file"
+    failed = re.search(r"Slurm job (\d+)\) ended before it was ready; see (\S+);", seen["failed"])
+    assert failed, seen["failed"]
+    assert "cannot listen on 192.0.2.1" in Path(failed.group(2)).read_text()
 
 
 # ---- the Snakemake hooks stop the run's service ----

@@ -237,7 +237,12 @@ def _launcher_alive(record: dict[str, Any]) -> bool | None:
             check=False,
             timeout=60,
         )
-        return result.returncode == 0 and result.stdout.strip() not in ("", "COMPLETED", "FAILED", "CANCELLED")
+        if result.returncode != 0:
+            # A job purged from the controller is "Invalid job id"; any other failure (a busy or
+            # restarting controller) says nothing about the job.
+            return False if "invalid job id" in result.stderr.lower() else None
+        state = result.stdout.strip()
+        return state not in ("", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
     if "pid" in record and record.get("hostname") == socket.gethostname():
         return _pid_alive(int(record["pid"]))
     return None
