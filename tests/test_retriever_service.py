@@ -134,6 +134,42 @@ def test_two_jobs_share_one_service_that_loads_the_index_once(world):
     assert run_service.status(cfg)["state"] == "none"
 
 
+def test_two_evaluate_jobs_search_through_the_one_service(world, monkeypatch, capsys):
+    from test_eval_methods import CharGenerator
+
+    import research_rl.retrieval.service as service_module
+    from research_rl.evaluation import evaluate
+
+    cfg, people, _ = world
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an evaluate job loaded the index itself")
+
+    monkeypatch.setattr(service_module, "load_searcher", refuse)
+    cfg = {**cfg, "evaluation": {**cfg["evaluation"], "max_questions": 3, "judge": {"enabled": False}}}
+    benchmarks = {"hotpotqa": "dev", "bamboogle": "test"}
+    for n, (benchmark, split) in enumerate(benchmarks.items()):
+        rows = [{"id": f"{benchmark}{i}", "question": f"Who is {people[10 * n + i]['name']}?"} for i in range(3)]
+        lines = [json.dumps({**row, "golden_answers": ["x"], "metadata": {}}) for row in rows]
+        paths.qa_path(cfg, benchmark, split).parent.mkdir(parents=True, exist_ok=True)
+        paths.qa_path(cfg, benchmark, split).write_text("\n".join(lines) + "\n")
+    generator = CharGenerator(lambda prompt: " x")
+    try:
+        for benchmark in benchmarks:
+            evaluate.run(cfg, "tiny-base", benchmark, "naive_rag", generator=generator)
+        # Each question's prompt holds the passage of the person it asks about: the service answered.
+        for n in range(len(benchmarks)):
+            for i in range(3):
+                name = people[10 * n + i]["name"]
+                prompt = next(p for p in generator.prompts if f"Who is {name}?" in p)
+                assert f"{name} is a {people[10 * n + i]['profession']}" in prompt
+        record = run_service.read_url_record(cfg)
+        assert record is not None and run_service.health(record["url"])["index_loads"] == 1
+        assert capsys.readouterr().err.count("launched the run's service") == 1  # by the first job only
+    finally:
+        run_service.stop(cfg)
+
+
 def test_start_status_stop_from_the_command_line(world):
     cfg, people, config_file = world
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
