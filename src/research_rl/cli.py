@@ -144,6 +144,40 @@ def retriever_serve_cmd(
     server.serve(cfg, host=host, port=port)
 
 
+@retriever_app.command("start", help="Start the run's one retriever service (retriever.service) and wait for it.")
+def retriever_start_cmd(
+    config: ConfigOption = DEFAULT_CONFIG,
+    wait: Annotated[bool, typer.Option(help="Wait until it serves (URL file written, index checked).")] = True,
+) -> None:
+    import json
+
+    cfg = _load(config)
+    from research_rl.retrieval import run_service
+
+    typer.echo(json.dumps(run_service.start(cfg, wait=wait), indent=2, sort_keys=True))
+
+
+@retriever_app.command("stop", help="Stop the run's retriever service (SIGTERM or scancel) and remove its URL file.")
+def retriever_stop_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    cfg = _load(config)
+    from research_rl.retrieval import run_service
+
+    typer.echo(run_service.stop(cfg))
+
+
+@retriever_app.command("status", help="Show the run's retriever service: none, starting, running, stale, wrong_index.")
+def retriever_status_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    import json
+
+    cfg = _load(config)
+    from research_rl.retrieval import run_service
+
+    current = run_service.status(cfg)
+    typer.echo(json.dumps(current, indent=2, sort_keys=True))
+    if current["state"] in ("stale", "wrong_index"):
+        raise typer.Exit(code=1)
+
+
 @_stage("train-grpo", "GRPO-train one model entry with multi-turn search rollouts.")
 def train_grpo_cmd(
     config: ConfigOption = DEFAULT_CONFIG,

@@ -35,6 +35,7 @@ from research_rl.atomic import atomic_output
 from research_rl.data.jsonl import write_json
 from research_rl.retrieval.corpus import Corpus
 from research_rl.retrieval.encoder import Encoder, load_encoder
+from research_rl.retrieval.gpu import place_index
 
 INDEX_NAME = "index.faiss"
 SHARD_DIR = "embeddings"
@@ -184,8 +185,8 @@ class DenseBackend:
 
         self.index = faiss.read_index(str(index_dir / INDEX_NAME))
         self._set_search_params(dense_cfg.get("nprobe", 64))
-        if dense_cfg.get("use_gpu", False) and gpu_available() and not isinstance(self.index, faiss.IndexHNSW):
-            self.index = faiss.index_cpu_to_all_gpus(self.index)
+        # On CPU, or cloned (sharded or replicated) over the GPUs, as retriever.dense says: see gpu.py.
+        self.index = place_index(self.index, dense_cfg)
         self.encoder = encoder or load_encoder(dense_cfg)
 
     def _set_search_params(self, nprobe: int) -> None:

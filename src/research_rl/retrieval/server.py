@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ DEFAULTS = {
 }
 
 PARENT_PID_ENV = "RESEARCH_RL_RETRIEVER_PARENT_PID"
+INDEX_LOADS = 0  # times this process loaded an index: /health reports it, so a run can see it loaded once
 
 SearchResult = tuple[list[list[dict]], list[list[float]]]
 
@@ -235,8 +237,13 @@ def freeze_loaded_heap() -> None:
     gc.freeze()
 
 
-def create_app(searcher: Searcher, server_cfg: dict[str, Any]) -> FastAPI:
-    """The service over `searcher`; server_cfg is `retriever.server` (missing limits take DEFAULTS)."""
+def create_app(searcher: Searcher, server_cfg: dict[str, Any], identity: dict[str, Any] | None = None) -> FastAPI:
+    """The service over `searcher`; server_cfg is `retriever.server` (missing limits take DEFAULTS).
+
+    identity (index fingerprint and dir, pid, host, Slurm job) is added to /health: a job checks the
+    fingerprint before it trusts a shared service with its searches.
+    """
+    identity = dict(identity or {})
     limits = {**DEFAULTS, **{key: value for key, value in server_cfg.items() if value is not None}}
     batcher = MicroBatcher(
         searcher, limits["max_batch_size"], limits["batch_wait_ms"], enabled=limits["micro_batching"]
@@ -260,6 +267,9 @@ def create_app(searcher: Searcher, server_cfg: dict[str, Any]) -> FastAPI:
             "model": searcher.meta.get("model"),
             "passages": len(searcher),
             "micro_batching": batcher.enabled,
+            "pid": os.getpid(),
+            "index_loads": INDEX_LOADS,
+            **identity,
         }
 
     @app.post("/search")
@@ -315,16 +325,30 @@ def socket_url(sock: socket.socket) -> str:
 
 
 class _AnnouncingServer(uvicorn.Server):
-    """uvicorn.Server that calls on_ready once it accepts connections."""
+    """uvicorn.Server that calls on_ready once it accepts connections, and on_stop once it has shut down.
 
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
+    on_stop runs inside uvicorn's shutdown: after it, uvicorn re-raises the SIGTERM it caught, and the
+    process ends there, before any `finally` of the caller.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, on_ready: Callable[[], None], on_stop: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(config)
         self.on_ready = on_ready
+        self.on_stop = on_stop
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if not self.should_exit:
             self.on_ready()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if self.on_stop is not None:
+                self.on_stop()
 
 
 def _uvicorn_config(app: Any) -> uvicorn.Config:
@@ -336,25 +360,101 @@ def app_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**cfg["retriever"]["server"], "default_topk": cfg["retriever"]["topk"]}
 
 
-def serve(cfg: dict[str, Any], host: str | None = None, port: int | None = None) -> None:
-    """Load the index once and serve it until SIGTERM/SIGINT; print the URL on stdout when ready."""
+def service_identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What /health tells a job about the index served and where the service runs."""
+    from research_rl import paths
+    from research_rl.retrieval.run_service import index_fingerprint
+
+    index_dir = paths.index_dir(cfg)
+    return {
+        "fingerprint": index_fingerprint(index_dir),
+        "index_dir": str(index_dir),
+        "hostname": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "started": time.time(),
+    }
+
+
+def _write_url_file(path: str, url: str, identity: dict[str, Any]) -> None:
+    from research_rl.data.jsonl import write_json
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    write_json(path, {"url": url, "host": host.strip("[]"), "port": int(port), "pid": os.getpid(), **identity})
+
+
+def _remove_url_file(path: str) -> None:
+    """Remove the URL file on the way out, unless another service has written its own since."""
+    import json
+
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(open(path, encoding="utf-8").read()).get("pid") == os.getpid():
+            os.unlink(path)
+
+
+def serve(
+    cfg: dict[str, Any],
+    host: str | None = None,
+    port: int | None = None,
+    url_file: str | None = None,
+    advertise_host: str | None = None,
+) -> None:
+    """Load the index once and serve it until SIGTERM/SIGINT; print the URL on stdout when ready.
+
+    url_file: also write the URL and the index's identity there (atomically) when ready, and remove it
+    when stopping: the run's shared service (run_service.py). The URL names advertise_host, else the
+    bind address, else (binding 0.0.0.0 or ::) this machine's name, so other nodes can reach it.
+    """
+    global INDEX_LOADS
+    from research_rl.retrieval.run_service import advertised_host
+
     server_cfg = cfg["retriever"]["server"]
     host = host or server_cfg.get("host", "127.0.0.1")
     port = server_cfg.get("port", 0) if port is None else port
+    identity = service_identity(cfg)
     searcher = load_searcher(cfg)
+    INDEX_LOADS += 1
     freeze_loaded_heap()
-    sock = bind_socket(host, port)
-    url = socket_url(sock)
+    try:
+        sock = bind_socket(host, port)
+    except OSError as error:
+        raise SystemExit(
+            f"retriever: cannot listen on {host}:{port}: {error.strerror or error}; set the bind address in "
+            "retriever.service.host (the run's service) or retriever.server.host / --host to one of this "
+            "node's addresses (0.0.0.0: all of them)"
+        ) from error
+    bound_port = sock.getsockname()[1]
+    public = advertised_host(host, advertise_host)
+    url = f"http://[{public}]:{bound_port}" if ":" in public else f"http://{public}:{bound_port}"
+
+    def on_ready() -> None:
+        if url_file:
+            _write_url_file(url_file, url, identity)
+        print(url, flush=True)
+
     # uvicorn installs SIGTERM/SIGINT handlers in the main thread: in-flight requests finish, then exit.
-    server = _AnnouncingServer(_uvicorn_config(create_app(searcher, app_settings(cfg))), lambda: print(url, flush=True))
-    server.run(sockets=[sock])
+    def on_stop() -> None:
+        if url_file:
+            _remove_url_file(url_file)
+
+    server = _AnnouncingServer(_uvicorn_config(create_app(searcher, app_settings(cfg), identity)), on_ready, on_stop)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        on_stop()  # a start-up failure never reaches shutdown
 
 
 class ServerThread:
     """The service in a background thread of this process (tests, benchmarks): start() -> URL, stop()."""
 
-    def __init__(self, searcher: Searcher, server_cfg: dict[str, Any], host: str = "127.0.0.1", port: int = 0):
-        self.app = create_app(searcher, server_cfg)
+    def __init__(
+        self,
+        searcher: Searcher,
+        server_cfg: dict[str, Any],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        identity: dict[str, Any] | None = None,
+    ):
+        self.app = create_app(searcher, server_cfg, identity)
         self.host, self.port = host, port
         self.url = ""
         self._ready = threading.Event()
@@ -413,12 +513,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="pipeline config file")
     parser.add_argument("--host", default=None, help="bind address; default retriever.server.host")
     parser.add_argument("--port", type=int, default=None, help="port; 0 picks a free one")
+    parser.add_argument("--url-file", default=None, help="write the URL and index identity here when ready")
+    parser.add_argument("--advertise-host", default=None, help="host name in the URL; default: see serve()")
     args = parser.parse_args(argv)
     die_with_parent()
     # Idle OpenMP threads (torch, faiss) otherwise spin on their cores; on a node shared with other jobs
     # that spinning starves everyone, queries took 5x longer in our measurements. Set before they load.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    serve(_load_config(args.config), host=args.host, port=args.port)
+    serve(
+        _load_config(args.config),
+        host=args.host,
+        port=args.port,
+        url_file=args.url_file,
+        advertise_host=args.advertise_host,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""A retriever for a job: a shared service named by the config, one started for the job, or in-process.
+"""A retriever for a job: a shared service (named by the config, or the run's, see run_service.py),
+one started for the job, or in-process.
 
 The started service is a child process (`python -m research_rl.retrieval.server`) that is always
 stopped on the way out, exceptions included, and that also dies with its parent on Linux, so a
@@ -22,6 +23,7 @@ from typing import IO, Any
 
 import httpx
 
+from research_rl.retrieval import run_service
 from research_rl.retrieval.client import HttpSearchClient, InProcessSearchClient, SearchClient, http_client_from_config
 from research_rl.retrieval.searcher import load_searcher
 from research_rl.retrieval.server import PARENT_PID_ENV
@@ -110,19 +112,31 @@ def start_service(cfg: dict[str, Any], startup_timeout: float = STARTUP_TIMEOUT_
 def job_mode(cfg: dict[str, Any]) -> str:
     """ "in_process" for a single CPU process with no shared service configured (the embedded default:
     a service process would only add start-up time), else "auto"."""
+    if cfg["retriever"]["server"].get("url") or run_service.enabled(cfg):
+        return "auto"
     import torch
 
     single_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1
-    return "in_process" if single_cpu and not cfg["retriever"]["server"].get("url") else "auto"
+    return "in_process" if single_cpu else "auto"
+
+
+def _check_named_service(cfg: dict[str, Any], url: str) -> None:
+    """retriever.server.url may name a foreign service (FlashRAG's, Search-R1's): only one of ours
+    reports an index fingerprint, and then it must be this config's index."""
+    body = run_service.health(url, timeout=cfg["retriever"].get("client", {}).get("timeout_seconds", 30.0))
+    if "fingerprint" in body:
+        run_service.check_service(url, run_service.expected_fingerprint(cfg), "retriever.server.url")
 
 
 @contextlib.contextmanager
 def retriever_for_job(cfg: dict[str, Any], mode: str = "auto") -> Iterator[SearchClient]:
     """A SearchClient for one job.
 
-    mode "auto": the shared service at retriever.server.url when set, else a service started for this
-    job and stopped after it. mode "in_process": load the index here and search it directly.
-    mode "job": job_mode(cfg) decides.
+    mode "auto": the shared service at retriever.server.url when set; else, with retriever.service.enabled,
+    the run's one service (launched by the first job that needs it, found through its URL file, and
+    checked to serve this config's index); else a service started for this job and stopped after it.
+    Every process of a multi-process job holds its own HTTP client of the one service.
+    mode "in_process": load the index here and search it directly. mode "job": job_mode(cfg) decides.
     """
     if mode == "job":
         mode = job_mode(cfg)
@@ -133,9 +147,21 @@ def retriever_for_job(cfg: dict[str, Any], mode: str = "auto") -> Iterator[Searc
         return
     url = cfg["retriever"]["server"].get("url")
     if url:
+        with contextlib.suppress(httpx.HTTPError):  # unreachable now: the client's retries handle it
+            _check_named_service(cfg, url)
+    elif run_service.enabled(cfg):
+        url = run_service.ensure(cfg)["url"]
+    if url:
         with http_client_from_config(cfg, url) as client:
             yield client
         return
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        print(
+            f"retriever: each of the job's {world_size} processes starts its own service and loads the index; "
+            "set retriever.service.enabled to share one service per run (docs/cluster.md)",
+            file=sys.stderr,
+        )
     with start_service(cfg) as url, http_client_from_config(cfg, url) as client:
         yield client
 
