@@ -188,15 +188,16 @@ def served(vllm_python, checkpoint, tmp_path_factory):
 def eval_cfg(root: Path, checkpoint: Path) -> dict:
     cfg = make_cfg(root, n_questions=N_QUESTIONS)
     cfg["models"][0]["path"] = str(checkpoint)
-    cfg["grpo"].update(max_turns=2, max_response_length=64)
+    cfg["grpo"].update(max_turns=2, max_response_length=128)  # room for the taught search, result and answer
     cfg["evaluation"].update(max_new_tokens=24, batch_size=N_QUESTIONS, max_input_tokens=1536)
     write_questions(cfg, N_QUESTIONS)
     return cfg
 
 
-def predictions(cfg: dict, method: str) -> dict[str, str]:
+def predictions(cfg: dict, method: str) -> dict[str, tuple[str, str | None]]:
+    """Per question: the prediction and, for methods that keep one, the whole trajectory."""
     path = Path(cfg["paths"]["results"]) / "eval" / "tiny-base" / "bamboogle" / method / "predictions.jsonl"
-    return {r["id"]: r["prediction"] for r in map(json.loads, path.read_text().splitlines())}
+    return {r["id"]: (r["prediction"], r.get("trajectory")) for r in map(json.loads, path.read_text().splitlines())}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -220,6 +221,7 @@ def test_evaluate_through_a_vllm_server_equals_the_transformers_backend(served, 
     same = sum(got[i] == expected[i] for i in expected)
     print(f"{method}: {same}/{N_QUESTIONS} predictions equal")
     assert same >= 0.9 * N_QUESTIONS, {i: (expected[i], got[i]) for i in expected if got[i] != expected[i]}
+    assert any(prediction for prediction, _ in got.values())  # not a match of empty answers
     if method == "research":  # the taught turn: the rollouts searched, cut at the server's `</search>` stop
         path = Path(vllm_cfg["paths"]["results"]) / "eval" / "tiny-base" / "bamboogle" / method / "predictions.jsonl"
         assert sum(json.loads(line)["num_searches"] for line in path.read_text().splitlines()) >= 1
@@ -280,3 +282,48 @@ def test_grpo_with_vllm_colocate_runs_two_steps_on_cpu(vllm_python, checkpoint, 
     # TRL's LLM (processed log-probs, its own engine settings) was seen up to 0.019 off HF's here, where an LLM
     # of our own matches to 1e-3 (test (b)); the tokens are the check, the log-probs only roughly
     assert after["logprobs"] == pytest.approx(hf_after["logprobs"], abs=5e-2)
+
+
+# ------------------------------------------------------------------ tensor-parallel share (torch.distributed)
+
+
+def _tp_share_rank(rank: int, port: int, rows: list, queue) -> None:
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from research_rl.training.vllm_generator import tensor_parallel_share
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        group = dist.new_group([0, 1])
+        trainer = SimpleNamespace(
+            args=SimpleNamespace(use_vllm=True),
+            vllm_generation=SimpleNamespace(tensor_parallel_size=2, tp_group=group),
+        )
+        group_rows, mine = tensor_parallel_share(trainer, rows)
+        queue.put((rank, group_rows, group_rows[mine]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_tensor_parallel_share_gathers_the_group_and_keeps_each_ranks_rows():
+    """Two gloo ranks of one TP group, with different row counts: both roll out the same gathered rows
+    (TRL's colocate gather), and each keeps exactly its own rows."""
+    import multiprocessing
+
+    from research_rl.evaluation.serve import free_port
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    port = free_port()
+    rows = {0: [[1, 2], [3]], 1: [[4], [5, 6], [7]]}
+    procs = [context.Process(target=_tp_share_rank, args=(r, port, rows[r], queue)) for r in (0, 1)]
+    for proc in procs:
+        proc.start()
+    results = dict((rank, (group, mine)) for rank, group, mine in (queue.get(timeout=120) for _ in procs))
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    assert results[0][0] == results[1][0] == rows[0] + rows[1]
+    assert results[0][1] == rows[0] and results[1][1] == rows[1]
