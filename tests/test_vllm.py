@@ -327,3 +327,18 @@ def test_tensor_parallel_share_gathers_the_group_and_keeps_each_ranks_rows():
         assert proc.exitcode == 0
     assert results[0][0] == results[1][0] == rows[0] + rows[1]
     assert results[0][1] == rows[0] and results[1][1] == rows[1]
+
+
+def test_grpo_config_passes_the_vllm_settings_and_the_schema_refuses_server_mode(tmp_path):
+    from research_rl.config import ConfigError, validate_config
+    from research_rl.training import grpo
+
+    cfg = load_config(REPO / "config" / "config.yaml")
+    cfg["grpo"].update(use_vllm=True, vllm_tensor_parallel_size=2, vllm_gpu_memory_utilization=0.4)
+    args = grpo.grpo_config(cfg, tmp_path)
+    assert args.use_vllm and args.vllm_mode == "colocate"
+    assert args.vllm_tensor_parallel_size == 2 and args.vllm_gpu_memory_utilization == 0.4
+    cfg.pop("_config_path", None)
+    cfg["grpo"]["vllm_mode"] = "server"
+    with pytest.raises(ConfigError, match="vllm_mode"):
+        validate_config(cfg, "test")
