@@ -405,6 +405,25 @@ def test_model_server_picks_a_free_port_and_refuses_another_model(tmp_path):
             pass
 
 
+def test_model_server_retries_on_a_new_port_when_its_port_was_taken(tmp_path):
+    """A start that loses its free port to another process (its log says so) is retried on another port."""
+    from research_rl.evaluation.serve import model_server
+
+    marker = tmp_path / "first-try-done"
+    first_fails = (
+        "import pathlib, subprocess, sys\n"
+        "marker = pathlib.Path(sys.argv[2])\n"
+        "if not marker.exists():\n"
+        "    marker.touch(); print('OSError: [Errno 98] Address already in use'); sys.exit(1)\n"
+        "sys.exit(subprocess.call([sys.executable, sys.argv[3], sys.argv[1]]))\n"
+    )
+    cfg = {"serving": {"engine": "vllm", "port": 0, "startup_timeout_seconds": 60}}
+    command = [sys.executable, "-c", first_fails, "{port}", str(marker), str(Path(__file__).resolve())]
+    with model_server(cfg, "unused", command=command, log_path=tmp_path / "e.log") as served:
+        assert httpx.get(f"{served.base_url}/models").status_code == 200
+    assert marker.exists() and "Address already in use" in (tmp_path / "e.log").read_text()
+
+
 def test_model_server_refuses_a_port_another_process_serves(tmp_path):
     """A fixed port already served by someone else: our server cannot bind, and its exit is reported."""
     from research_rl.evaluation.serve import model_server

@@ -124,6 +124,7 @@ def wait_until_ready(
     *,
     served_name: str | None = SERVED_MODEL_NAME,
     model_root: str | None = None,
+    log_offset: int = 0,
 ) -> None:
     """Poll until the server of `process` answers at `base` (http://host:port) and serves our model.
 
@@ -136,7 +137,7 @@ def wait_until_ready(
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            tail = _log_tail(log_path)
+            tail = _log_tail(log_path, log_offset)
             error = PortTaken if "address already in use" in tail.lower() else RuntimeError
             raise error(f"model server exited with code {process.returncode}{tail}")
         try:
@@ -152,14 +153,7 @@ def wait_until_ready(
             _check_served_model(base, served_name, model_root)
             return
         time.sleep(1.0)
-    raise TimeoutError(f"model server not healthy at {base} after {timeout_seconds} s{_log_tail(log_path)}")
-
-
-def wait_until_healthy(
-    url: str, process: subprocess.Popen, timeout_seconds: float, log_path: Path | None = None
-) -> None:
-    """Poll `url` (a /health URL) until it answers 200; the process and model checks of wait_until_ready."""
-    wait_until_ready(url.removesuffix("/health"), process, timeout_seconds, log_path, served_name=None)
+    raise TimeoutError(f"model server not healthy at {base} after {timeout_seconds} s{_log_tail(log_path, log_offset)}")
 
 
 def _check_served_model(base: str, served_name: str, model_root: str | None) -> None:
@@ -241,11 +235,14 @@ def model_server(
         else:
             cmd = server_command(cfg, model_path, host, port)
         out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # closed in the finally below
+        offset = log_file.stat().st_size if log_file else 0  # this attempt's output starts here
         # A new session makes the server a process group leader, so stopping it stops its workers too.
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             try:
-                wait_until_ready(f"http://{host}:{port}", process, timeout, log_file, model_root=model_root)
+                wait_until_ready(
+                    f"http://{host}:{port}", process, timeout, log_file, model_root=model_root, log_offset=offset
+                )
             except PortTaken:
                 if fixed_port or attempt == PORT_RETRIES - 1:
                     raise
@@ -258,7 +255,9 @@ def model_server(
                 out.close()
 
 
-def _log_tail(log_path: Path | None, chars: int = 3000) -> str:
+def _log_tail(log_path: Path | None, offset: int = 0, chars: int = 3000) -> str:
     if log_path is None or not log_path.exists():
         return ""
-    return "; log tail:\n" + log_path.read_text(errors="replace")[-chars:]
+    with open(log_path, "rb") as handle:
+        handle.seek(offset)
+        return "; log tail:\n" + handle.read().decode(errors="replace")[-chars:]
