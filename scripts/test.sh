@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The vLLM environment (.venv-vllm) that tests/test_vllm.py runs vLLM in; idempotent like setup.sh.
+bash scripts/setup_vllm.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PATH="$PWD/.venv/bin:$PATH"
 ruff check src tests benchmarks
 exec python -m pytest -q -p no:cacheprovider "$@"

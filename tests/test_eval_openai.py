@@ -46,6 +46,8 @@ class FakeOpenAI:
     reject_status: int | None = None
     bodies: list[dict] = field(default_factory=list)
     chat_bodies: list[dict] = field(default_factory=list)
+    served_name: str = "policy"
+    root: str | None = None
 
     def complete(self, body: dict) -> dict:
         prompt = body["prompt"]
@@ -78,6 +80,10 @@ class FakeOpenAI:
         @app.get("/health")
         def health() -> dict:
             return {}
+
+        @app.get("/v1/models")
+        def models() -> dict:
+            return {"object": "list", "data": [{"id": self.served_name, "object": "model", "root": self.root}]}
 
         @app.post("/v1/completions")
         async def completions(request: Request) -> JSONResponse:
@@ -402,20 +408,81 @@ def test_model_server_fails_fast_when_the_server_dies(tmp_path):
     assert time.monotonic() - started < 30
 
 
-def test_server_commands():
+def test_server_commands(tmp_path, monkeypatch):
+    from research_rl.evaluation import serve
     from research_rl.evaluation.serve import server_command
 
-    cfg = {"seed": 7, "serving": {"engine": "vllm", "port": 8000, "tensor_parallel_size": 4, "max_model_len": 16384}}
-    cmd = server_command(cfg, "/models/policy")
-    assert cmd[:3] == ["vllm", "serve", "/models/policy"]
-    assert cmd[cmd.index("--port") + 1] == "8000" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    monkeypatch.chdir(tmp_path)  # no .venv-vllm here: vLLM runs under this interpreter
+    monkeypatch.setattr(serve, "has_gpu", lambda: False)
+    cfg = {"seed": 7, "serving": {"engine": "vllm", "port": 0, "tensor_parallel_size": 4, "max_model_len": 16384}}
+    cmd = server_command(cfg, "/models/policy", port=8123)
+    assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--model") + 1] == "/models/policy"
+    assert cmd[cmd.index("--port") + 1] == "8123" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--tensor-parallel-size") + 1] == "4" and "--max-model-len" in cmd
+    assert cmd[cmd.index("--dtype") + 1] == "float32"  # CPU: no bfloat16 cast of the float32 checkpoint
+    (tmp_path / ".venv-vllm" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv-vllm" / "bin" / "python").touch()
+    assert server_command(cfg, "/m", port=1)[0] == str(tmp_path / ".venv-vllm" / "bin" / "python")
+    cfg["serving"]["python"] = "/opt/vllm/bin/python"
+    monkeypatch.setattr(serve, "has_gpu", lambda: True)
+    cmd = server_command(cfg, "/m", port=1)
+    assert cmd[0] == "/opt/vllm/bin/python" and cmd[cmd.index("--dtype") + 1] == "auto"
     cfg["serving"]["engine"] = "sglang"
-    cmd = server_command(cfg, "/models/policy")
+    cmd = server_command(cfg, "/models/policy", port=8123)
     assert cmd[1:3] == ["-m", "sglang.launch_server"] and cmd[cmd.index("--tp") + 1] == "4"
     assert cmd[cmd.index("--model-path") + 1] == "/models/policy"
 
 
+def test_model_server_picks_a_free_port_and_refuses_another_model(tmp_path):
+    """Port 0: a port of its own, passed to the command; a server listing another model is not used."""
+    from research_rl.evaluation.serve import model_server
+
+    cfg = {"serving": {"engine": "vllm", "port": 0, "startup_timeout_seconds": 60}}
+    command = [sys.executable, str(Path(__file__).resolve()), "{port}"]
+    with model_server(cfg, "unused", command=command, log_path=tmp_path / "a.log") as first:
+        with model_server(cfg, "unused", command=command, log_path=tmp_path / "b.log") as second:
+            assert first.base_url != second.base_url and first.pid != second.pid
+            assert httpx.get(f"{second.base_url}/models").json()["data"][0]["id"] == "policy"
+    command = [sys.executable, str(Path(__file__).resolve()), "{port}", "someone-else"]
+    with pytest.raises(RuntimeError, match="not the expected 'policy'"):
+        with model_server(cfg, "unused", command=command, log_path=tmp_path / "c.log"):
+            pass
+
+
+def test_model_server_retries_on_a_new_port_when_its_port_was_taken(tmp_path):
+    """A start that loses its free port to another process (its log says so) is retried on another port."""
+    from research_rl.evaluation.serve import model_server
+
+    marker = tmp_path / "first-try-done"
+    first_fails = (
+        "import pathlib, subprocess, sys\n"
+        "marker = pathlib.Path(sys.argv[2])\n"
+        "if not marker.exists():\n"
+        "    marker.touch(); print('OSError: [Errno 98] Address already in use'); sys.exit(1)\n"
+        "sys.exit(subprocess.call([sys.executable, sys.argv[3], sys.argv[1]]))\n"
+    )
+    cfg = {"serving": {"engine": "vllm", "port": 0, "startup_timeout_seconds": 60}}
+    command = [sys.executable, "-c", first_fails, "{port}", str(marker), str(Path(__file__).resolve())]
+    with model_server(cfg, "unused", command=command, log_path=tmp_path / "e.log") as served:
+        assert httpx.get(f"{served.base_url}/models").status_code == 200
+    assert marker.exists() and "Address already in use" in (tmp_path / "e.log").read_text()
+
+
+def test_model_server_refuses_a_port_another_process_serves(tmp_path):
+    """A fixed port already served by someone else: our server cannot bind, and its exit is reported."""
+    from research_rl.evaluation.serve import model_server
+
+    with serve(FakeOpenAI().app()) as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        cfg = {"serving": {"engine": "vllm", "port": port, "startup_timeout_seconds": 60}}
+        command = [sys.executable, str(Path(__file__).resolve()), "{port}"]
+        with pytest.raises(RuntimeError, match=f"port {port} is served by process|exited with code"):
+            with model_server(cfg, "unused", command=command, log_path=tmp_path / "d.log"):
+                pass
+
+
 if __name__ == "__main__":
     # The stand-in for `vllm serve`: health only is what the lifecycle test needs.
-    uvicorn.run(FakeOpenAI().app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    name = sys.argv[2] if len(sys.argv) > 2 else "policy"
+    uvicorn.run(FakeOpenAI(served_name=name).app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")

@@ -140,10 +140,11 @@ def open_generator(cfg: dict[str, Any], path: Path, out_dir: Path) -> Iterator[G
         yield TransformersGenerator(model, tokenizer)
     elif backend == "openai":
         from research_rl.evaluation.serve import model_server
-        from research_rl.generation.openai import OpenAICompletionsGenerator
+        from research_rl.generation.openai import DEFAULT_MAX_CONCURRENCY, OpenAICompletionsGenerator
 
         with model_server(cfg, path, log_path=out_dir / "server.log") as served:
-            generator = OpenAICompletionsGenerator(served.base_url, served.model, tokenizer)
+            in_flight = int(cfg["serving"].get("max_concurrency", DEFAULT_MAX_CONCURRENCY))
+            generator = OpenAICompletionsGenerator(served.base_url, served.model, tokenizer, max_concurrency=in_flight)
             try:
                 yield generator
             finally:

@@ -20,6 +20,9 @@ from research_rl.generation import FinishReason, Generation, TokenizerText, per_
 
 # Status codes worth another try: the server is starting, overloaded, or briefly failing.
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# Requests in flight per generate call: vLLM's default max_num_seqs, so the engine's batch stays full
+# (serving.max_concurrency overrides it). The caller's batch bounds it too: evaluation.batch_size prompts.
+DEFAULT_MAX_CONCURRENCY = 256
 
 
 class OpenAICompletionsGenerator(TokenizerText):
@@ -38,7 +41,7 @@ class OpenAICompletionsGenerator(TokenizerText):
         timeout: float = 600.0,
         retries: int = 5,
         backoff_seconds: float = 1.0,
-        max_concurrency: int = 64,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         send_token_ids: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")

