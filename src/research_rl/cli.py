@@ -188,6 +188,25 @@ def dvc_yaml_cmd(
     workflow.write_dvc_yaml(cfg, output)
 
 
+@app.command(name="plan-memory", help="Print each model's per-GPU memory plan; exit 1 naming what does not fit.")
+def plan_memory_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    cfg = _load(config)
+    from research_rl import cluster
+    from research_rl.training import memory
+
+    try:
+        plans = memory.plan_memory(cfg)
+        problems = [problem for plan in plans for problem in plan.problems()] + cluster.check_nodes(cfg)
+    except ValueError as error:
+        typer.secho(f"{config}: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from error
+    typer.echo(memory.format_table(plans))
+    for problem in problems:
+        typer.secho(f"{config}: {problem}", fg=typer.colors.RED, err=True)
+    if problems:
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     app(prog_name="research-rl")
 
