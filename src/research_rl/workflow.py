@@ -379,11 +379,11 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
     for i, entry in enumerate(cfg["models"]):
         model = entry["name"]
         final = str(paths.trained_model_final(cfg, model))
-        # Launcher configs are deps once they exist (another change may still be writing them).
+        # Launcher configs are deps once they exist (another change may still be writing them); the model's
+        # grpo.per_size entry may name its own.
+        launch = {**cfg["grpo"], **cfg["grpo"].get("per_size", {}).get(entry.get("size"), {})}
         extra_files = [
-            cfg["grpo"][k]
-            for k in ("deepspeed", "accelerate_config")
-            if cfg["grpo"].get(k) and Path(cfg["grpo"][k]).exists()
+            launch[k] for k in ("deepspeed", "accelerate_config") if launch.get(k) and Path(launch[k]).exists()
         ]
         log = str(paths.trained_model_dir(cfg, model) / "metrics.jsonl")
         add(
