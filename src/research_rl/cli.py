@@ -34,10 +34,14 @@ def _load(config: Path) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return load_config(config)
+        cfg = load_config(config)
     except ConfigError as error:
         typer.secho(str(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from error
+    if cfg["paths"].get("models"):
+        # Hub models are read from the cache download_models filled (before huggingface_hub is imported).
+        os.environ.setdefault("HF_HUB_CACHE", str(Path(cfg["paths"]["models"]).resolve()))
+    return cfg
 
 
 def _stage(name: str, help_text: str):
@@ -83,6 +87,18 @@ def download_qa_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
     from research_rl.data import download
 
     download.run_download_qa(cfg)
+
+
+@_stage("download-models", "Snapshot the config's hub models (pinned revisions) into paths.models; resumable.")
+def download_models_cmd(
+    config: ConfigOption = DEFAULT_CONFIG,
+    repo: Annotated[str | None, typer.Option(help="One hub repo id of the config (default: all).")] = None,
+) -> None:
+    cfg = _load(config)
+    from research_rl.data import models
+
+    for repo_id, commit in models.run(cfg, repo).items():
+        typer.echo(f"{repo_id}: {commit}")
 
 
 @_stage("normalize-qa", "Parse each benchmark's raw files into FlashRAG dataset jsonl.")
