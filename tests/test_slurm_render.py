@@ -94,3 +94,15 @@ def test_dry_run_passes_the_resources(paper):
     assert "mpi=" not in by_model["Qwen2.5-7B"]
     big = by_model["Qwen2.5-32B"]
     assert "nodes=2" in big and "mpi=srun" in big and "--gpus-per-node=8" in big and ", gpu=" not in big
+
+
+def test_gpu_rules_use_the_gpu_envs(paper):
+    default = load_config(REPO / "config" / "config.yaml")
+    for rule, group in (("train_grpo", "train"), ("evaluate", "eval"), ("build_index", "retrieval")):
+        env = cluster.conda_env(paper, rule, group)
+        assert env == f"../../envs/{group}-gpu.yaml"
+        assert (REPO / "workflow" / "rules" / env).resolve().is_file()
+        assert (REPO / "envs" / f"{group}-gpu.post-deploy.sh").is_file()
+        assert cluster.conda_env(default, rule, group) == f"../../envs/{group}.yaml"
+    pins = (REPO / "envs" / "gpu-requirements.txt").read_text()
+    assert "torch==2.13.0" in pins and "vllm==" in pins and "deepspeed==" in pins and "faiss-gpu-cu12==" in pins

@@ -78,3 +78,13 @@ def check_nodes(cfg: dict[str, Any]) -> list[str]:
                 "they must agree"
             )
     return problems
+
+
+def conda_env(cfg: dict[str, Any], rule: str, group: str) -> str:
+    """The conda env of a rule, relative to workflow/rules/: envs/<group>-gpu.yaml (vLLM, DeepSpeed, faiss-gpu;
+    pins in envs/gpu-requirements.txt) when one of the rule's jobs asks for GPUs in this config, else the CPU
+    envs/<group>.yaml."""
+    from research_rl import workflow
+
+    gpu = any(stage.resources.get("gpus", 0) > 0 for stage in workflow.cached_plan(cfg) if stage.rule == rule)
+    return f"../../envs/{group}-gpu.yaml" if gpu else f"../../envs/{group}.yaml"
