@@ -51,8 +51,7 @@ def test_paper_fits_and_per_size_applies(paper):
 
 def test_a_micro_batch_of_16_prompts_fails_naming_model_and_term(paper):
     bad = copy.deepcopy(paper)
-    for size in bad["grpo"]["per_size"].values():
-        size["per_device_batch_prompts"] = 16
+    bad["grpo"]["per_device_batch_prompts"] = 16
     problems = memory.check_memory(bad)
     assert any(p.startswith("Qwen2.5-7B:") and "largest term: logits" in p for p in problems), problems
     assert any(p.startswith("Qwen2.5-32B:") and "largest term: activations" in p for p in problems), problems
@@ -118,7 +117,7 @@ def test_cli_exit_codes(paper, tmp_path):
     assert ok.exit_code == 0, ok.output
     assert "Qwen2.5-32B" in ok.output and "logits" in ok.output
     bad = raw_paper()
-    bad["grpo"]["per_size"]["7b"]["per_device_batch_prompts"] = 16
+    bad["grpo"]["per_device_batch_prompts"] = 16
     result = runner.invoke(app, ["plan-memory", "--config", str(write_config(bad, tmp_path / "bad.yaml"))])
     assert result.exit_code == 1
     assert "Qwen2.5-7B: the training phase needs" in result.output and "logits" in result.output
@@ -127,8 +126,6 @@ def test_cli_exit_codes(paper, tmp_path):
 def test_snakemake_dry_run_refuses_a_plan_that_does_not_fit(paper, tmp_path):
     bad = raw_paper()
     bad["grpo"]["per_device_batch_prompts"] = 16
-    for size in bad["grpo"]["per_size"].values():
-        size["per_device_batch_prompts"] = 16
     config = write_config(bad, tmp_path / "bad.yaml")
     run = subprocess.run(
         [SNAKEMAKE, "-n", "--configfile", str(config)], cwd=REPO, capture_output=True, text=True, timeout=300
