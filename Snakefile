@@ -51,6 +51,7 @@ rule all:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
 include: "workflow/rules/retrieval.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"

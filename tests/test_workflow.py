@@ -166,6 +166,7 @@ def test_paper_grid_plans_every_job(in_repo):
     assert counts == {
         "download_corpus": 1,
         "download_qa": 1,
+        "download_models": 5,  # 4 Qwen checkpoints and the E5 encoder
         "normalize_qa": 1,
         "prepare_train": 4,
         "build_index": 1,

@@ -39,6 +39,9 @@ def _load(config: Path, rule: str | None = None, **wildcards: str) -> dict[str, 
     except ConfigError as error:
         typer.secho(str(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from error
+    if cfg["paths"].get("models"):
+        # Hub models are read from the cache download_models filled (before huggingface_hub is imported).
+        os.environ.setdefault("HF_HUB_CACHE", str(Path(cfg["paths"]["models"]).resolve()))
     if rule is not None:
         from research_rl.threads import pin_threads
 
@@ -89,6 +92,18 @@ def download_qa_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
     from research_rl.data import download
 
     download.run_download_qa(cfg)
+
+
+@_stage("download-models", "Snapshot the config's hub models (pinned revisions) into paths.models; resumable.")
+def download_models_cmd(
+    config: ConfigOption = DEFAULT_CONFIG,
+    repo: Annotated[str | None, typer.Option(help="One hub repo id of the config (default: all).")] = None,
+) -> None:
+    cfg = _load(config)
+    from research_rl.data import models
+
+    for repo_id, commit in models.run(cfg, repo).items():
+        typer.echo(f"{repo_id}: {commit}")
 
 
 @_stage("normalize-qa", "Parse each benchmark's raw files into FlashRAG dataset jsonl.")
@@ -226,6 +241,25 @@ def dvc_yaml_cmd(
         typer.echo(f"{output} is current")
         return
     workflow.write_dvc_yaml(cfg, output)
+
+
+@app.command(name="plan-memory", help="Print each model's per-GPU memory plan; exit 1 naming what does not fit.")
+def plan_memory_cmd(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    cfg = _load(config)
+    from research_rl import cluster
+    from research_rl.training import memory
+
+    try:
+        plans = memory.plan_memory(cfg)
+        problems = [problem for plan in plans for problem in plan.problems()] + cluster.check_nodes(cfg)
+    except ValueError as error:
+        typer.secho(f"{config}: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from error
+    typer.echo(memory.format_table(plans))
+    for problem in problems:
+        typer.secho(f"{config}: {problem}", fg=typer.colors.RED, err=True)
+    if problems:
+        raise typer.Exit(code=1)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from research_rl import paths
+from research_rl.data import models as hub_models
 
 BASELINE_METHODS = ("zero_shot", "naive_rag", "iter_retgen", "ircot")
 TRAINED_METHOD = "research"
@@ -37,6 +38,7 @@ ENTRY_MODULES = {
     "toyworld": "research_rl.data.toyworld",
     "download_corpus": "research_rl.data.download",
     "download_qa": "research_rl.data.download",
+    "download_models": "research_rl.data.models",
     "normalize_qa": "research_rl.data.normalize",
     "build_base_model": "research_rl.model.base_model",
     "prepare_train": "research_rl.data.prepare_train",
@@ -53,6 +55,7 @@ ENV_GROUPS = {
     "toyworld": "data",
     "download_corpus": "data",
     "download_qa": "data",
+    "download_models": "data",
     "normalize_qa": "data",
     "prepare_train": "data",
     "build_index": "retrieval",
@@ -135,6 +138,16 @@ def model_input(cfg: dict[str, Any], name: str) -> list[str]:
     entry = paths.model_entry(cfg, name)
     if "base_model" in cfg and Path(entry["path"]) == paths.base_model_dir(cfg):
         return [str(paths.base_model_dir(cfg))]
+    if hub_models.models_cache(cfg) and entry["path"] in hub_models.hub_models(cfg):
+        return [str(hub_models.manifest_path(cfg, entry["path"]))]  # download_models fetched it into paths.models
+    return []
+
+
+def encoder_input(cfg: dict[str, Any]) -> list[str]:
+    """The dense encoder's download manifest when download_models fetches it."""
+    encoder = cfg["retriever"].get("dense", {}).get("model")
+    if hub_models.models_cache(cfg) and encoder in hub_models.hub_models(cfg):
+        return [str(hub_models.manifest_path(cfg, encoder))]
     return []
 
 
@@ -336,6 +349,29 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
     raw = [str(paths.raw_path(cfg, b, s)) for b, s in splits]
     add("download_qa", deps=raw_deps, outs=raw, params=["datasets"])
 
+    # Hub models (policies, the dense encoder) into the shared cache, one stage per repo; absent when every
+    # model is local (the embedded default).
+    if hub_models.models_cache(cfg):
+        for repo_id in hub_models.hub_models(cfg):
+            if repo_id == cfg["retriever"].get("dense", {}).get("model"):
+                repo_params = ["retriever.dense.model", "retriever.dense.revision"]
+            else:
+                repo_params = [
+                    f"models.{i}.{key}"
+                    for i, entry in enumerate(cfg["models"])
+                    if entry["path"] == repo_id
+                    for key in ("path", "revision")
+                ]
+            add(
+                "download_models",
+                parts=(hub_models.repo_key(repo_id),),
+                wildcards={"repo": hub_models.repo_key(repo_id)},
+                options={"repo": repo_id},
+                deps=[],
+                outs=[str(hub_models.manifest_path(cfg, repo_id))],
+                params=["paths.models", "paths.hub_endpoint", *repo_params],
+            )
+
     qa = [str(paths.qa_path(cfg, b, s)) for b, s in splits]
     add("normalize_qa", deps=raw, outs=qa + [str(paths.normalize_report_path(cfg))], params=["normalize"])
 
@@ -368,7 +404,7 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
     index = str(paths.index_dir(cfg))
     add(
         "build_index",
-        deps=[str(paths.corpus_path(cfg))],
+        deps=[str(paths.corpus_path(cfg)), *encoder_input(cfg)],
         outs=[index],
         out_dirs=[index],
         params=index_params(cfg),
@@ -378,11 +414,11 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
     for i, entry in enumerate(cfg["models"]):
         model = entry["name"]
         final = str(paths.trained_model_final(cfg, model))
-        # Launcher configs are deps once they exist (another change may still be writing them).
+        # Launcher configs are deps once they exist (another change may still be writing them); the model's
+        # grpo.per_size entry may name its own.
+        launch = {**cfg["grpo"], **cfg["grpo"].get("per_size", {}).get(entry.get("size"), {})}
         extra_files = [
-            cfg["grpo"][k]
-            for k in ("deepspeed", "accelerate_config")
-            if cfg["grpo"].get(k) and Path(cfg["grpo"][k]).exists()
+            launch[k] for k in ("deepspeed", "accelerate_config") if launch.get(k) and Path(launch[k]).exists()
         ]
         log = str(paths.trained_model_dir(cfg, model) / "metrics.jsonl")
         add(

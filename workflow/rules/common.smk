@@ -1,4 +1,6 @@
 # Helpers the rules share: input, params and resource functions over the shared plan.
+from research_rl import cluster as rrl_cluster
+from snakemake.exceptions import WorkflowError
 
 
 def stage_inputs(rule_name):
@@ -21,18 +23,27 @@ def stage_threads(rule_name):
 
 
 def stage_resources(rule_name):
-    """Slurm-plugin resources from cfg["resources"]: gpu (--gpus), cpus_per_task, mem_mb, runtime
-    (minutes). slurm_partition, slurm_extra and nodes only where the config sets them, so the
-    profile's default-resources (partition, account) apply otherwise."""
-    resources = {
-        "gpu": stage_resource(rule_name, "gpus", 0),
-        "cpus_per_task": stage_resource(rule_name, "cpus", 1),
-        "mem_mb": stage_resource(rule_name, "mem_mb", 1000),
-        "runtime": stage_resource(rule_name, "runtime", 60),
+    """Slurm-plugin resources from cfg["resources"] through research_rl.cluster.slurm_resources: gpus, cpus
+    and mem_mb per node; one node: gpu (--gpus) and nodes=1; several: --nodes=N --ntasks-per-node=1
+    --gpus-per-node=G and no `srun -n1` around the job (the plugin's mpi path). Every key is present for
+    every job; a None value is dropped by Snakemake, so the profile's default-resources (partition,
+    account) apply where the config sets none."""
+    keys = rrl_cluster.slurm_resources(rrl.resources_for(CFG)).keys()
+    return {
+        key: (lambda wildcards, key=key: rrl_cluster.slurm_resources(rrl.resources(CFG, rule_name, wildcards))[key])
+        for key in keys
     }
-    optional = {"slurm_partition": "slurm_partition", "slurm_extra": "slurm_extra", "nodes": "nodes"}
-    for resource, key in optional.items():
-        stages = [stage for stage in rrl.cached_plan(CFG) if stage.rule == rule_name]
-        if any(key in stage.resources for stage in stages):
-            resources[resource] = stage_resource(rule_name, key, "" if key != "nodes" else 1)
-    return resources
+
+
+# A plan that cannot run on its GPUs fails here, at parse time (so `snakemake -n` shows it), before any job
+# is submitted: per-GPU memory (research-rl plan-memory) and Slurm nodes against grpo num_nodes. The embedded
+# default has no GPUs to plan for, and its parse stays fast (the check imports torch through the trainer).
+if "toyworld" not in CFG:
+    from research_rl.training import memory as rrl_memory
+
+    _plan_problems = rrl_memory.check_memory(CFG) + rrl_cluster.check_nodes(CFG)
+    if _plan_problems:
+        raise WorkflowError(
+            f"{CONFIG_PATH} does not fit its GPUs (see `research-rl plan-memory --config {CONFIG_PATH}`):\n"
+            + "\n".join(_plan_problems)
+        )

@@ -17,7 +17,7 @@ rule evaluate:
     resources:
         **stage_resources("evaluate"),
     conda:
-        "../../envs/eval.yaml"
+        rrl_cluster.conda_env(CFG, "evaluate", "eval")
     shell:
         "research-rl evaluate --config {params.config} --model {wildcards.model}"
         " --benchmark {wildcards.benchmark} --method {wildcards.method} > {log} 2>&1"

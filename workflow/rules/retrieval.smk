@@ -15,6 +15,6 @@ rule build_index:
     resources:
         **stage_resources("build_index"),
     conda:
-        "../../envs/retrieval.yaml"
+        rrl_cluster.conda_env(CFG, "build_index", "retrieval")
     shell:
         "research-rl build-index --config {params.config} > {log} 2>&1"

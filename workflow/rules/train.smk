@@ -41,6 +41,6 @@ rule train_grpo:
     resources:
         **stage_resources("train_grpo"),
     conda:
-        "../../envs/train.yaml"
+        rrl_cluster.conda_env(CFG, "train_grpo", "train")
     shell:
         "research-rl train-grpo --config {params.config} --model {wildcards.model} > {log} 2>&1"

@@ -216,11 +216,22 @@ def report_to() -> list[str]:
     return targets
 
 
-def grpo_config(cfg: dict[str, Any], out_dir: Path, world_size: int = 1) -> Any:
-    """TRL's GRPOConfig from cfg["grpo"]; batch sizes are counted in prompts there, completions here."""
+def grpo_settings(cfg: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
+    """cfg["grpo"] with the model's per-size override (grpo.per_size[<entry's size>]) merged over it: one 7B and
+    one 32B run differ in micro-batch, vLLM tensor parallel, ZeRO offload and nodes, not in the method."""
+    g = {key: value for key, value in cfg["grpo"].items() if key != "per_size"}
+    if model_name is not None:
+        size = paths.model_entry(cfg, model_name).get("size")
+        g.update(cfg["grpo"].get("per_size", {}).get(size, {}))
+    return g
+
+
+def grpo_config(cfg: dict[str, Any], out_dir: Path, world_size: int = 1, model_name: str | None = None) -> Any:
+    """TRL's GRPOConfig from cfg["grpo"] (with the model's per-size override); batch sizes are counted in prompts
+    there, completions here."""
     from trl import GRPOConfig
 
-    g = cfg["grpo"]
+    g = grpo_settings(cfg, model_name)
     n = g["num_generations"]
     per_device = g.get("per_device_batch_prompts", g["train_batch_prompts"])
     mini_batch = g.get("mini_batch_prompts", g["train_batch_prompts"])
@@ -261,8 +272,10 @@ def grpo_config(cfg: dict[str, Any], out_dir: Path, world_size: int = 1) -> Any:
         vllm_mode=g.get("vllm_mode", "colocate"),
         vllm_gpu_memory_utilization=g.get("vllm_gpu_memory_utilization", 0.3),
         vllm_tensor_parallel_size=g.get("vllm_tensor_parallel_size", 1),
+        vllm_enable_sleep_mode=g.get("vllm_enable_sleep_mode", False),
         save_strategy="steps",
         save_steps=g.get("save_steps", 50),
+        save_total_limit=g.get("save_total_limit"),
         logging_steps=g.get("logging_steps", 1),
         report_to=report_to(),
         remove_unused_columns=False,
@@ -328,7 +341,7 @@ def build_trainer(cfg: dict[str, Any], model_name: str, search_client: Any, out_
     tokenizer = AutoTokenizer.from_pretrained(entry["path"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    args = grpo_config(cfg, out_dir, int(os.environ.get("WORLD_SIZE", "1")))
+    args = grpo_config(cfg, out_dir, int(os.environ.get("WORLD_SIZE", "1")), model_name)
     args.model_init_kwargs = {"dtype": torch.bfloat16 if args.bf16 else torch.float32}
     reward = make_reward_function(tokenizer)
     rollout = SearchRollout(search_client, tokenizer, cfg["grpo"], top_n=cfg["retriever"].get("topk", 5))
