@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -375,3 +376,56 @@ def test_dense_service_under_concurrent_load(world, dense_searcher):
         del dense_searcher.batch_search
     assert answers.count(True) == 320
     assert sum(calls) == 320 and len(calls) < 320  # requests were coalesced into shared searches
+
+
+def test_snakemake_keeps_finished_shards_when_a_job_fails(tmp_path):
+    """The real engine and CLI on a copy of the workflow: 150 passages in 3 embed_shard jobs, then build_index.
+    A deleted shard is the only one recomputed; a failing build_index leaves every shard in place."""
+    from workflow_sandbox import BIN, COPY, SNAKEMAKE, run
+
+    root = tmp_path / "wf"
+    root.mkdir()
+    for name in COPY:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.exists():
+            shutil.copy2(source, root / name)
+    write_synthetic_corpus(tmp_path / "people.jsonl", 150, seed=5)
+    config_file = root / "config" / "config.yaml"
+    cfg = yaml.safe_load(config_file.read_text())
+    cfg["corpus"] = {"name": "people", "url": f"file:{tmp_path / 'people.jsonl'}", "format": "flashrag"}
+    cfg["corpus"]["num_passages"] = 150
+    cfg["retriever"]["dense"]["shard_size"] = 64
+
+    def write_config() -> None:
+        config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    write_config()
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", PYTHONPATH=str(root / "src"), OMP_NUM_THREADS="1")
+    snakemake = [SNAKEMAKE, "--cores", "2", "--quiet", "all", "--", "data/index/dense"]
+    shard_dir = root / "data" / "index" / "dense_shards"
+
+    def mtimes() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in sorted(shard_dir.iterdir())}
+
+    shard_files = [f"data/index/dense_shards/shard-0000{k}.{ext}" for k in range(3) for ext in ("json", "npy")]
+    run(snakemake[:-1] + shard_files, root, env=env, timeout=600)  # the shard jobs alone, as a killed run leaves them
+    first = mtimes()
+    assert sorted(first) == sorted(Path(name).name for name in shard_files)
+    assert not (root / "data" / "index" / "dense").exists()
+
+    (shard_dir / "shard-00001.npy").unlink()  # as if lost, or never finished
+    run(snakemake, root, env=env, timeout=600)
+    second = mtimes()
+    changed = {name for name in first if second[name] != first[name]}
+    assert changed == {"shard-00001.npy", "shard-00001.json"}
+    assert read_meta(root / "data" / "index" / "dense")["count"] == 150
+
+    cfg["retriever"]["dense"].update(index_type="ivfpq", pq_m=7)  # schema-valid, fails in build_index
+    write_config()
+    failed = subprocess.run(snakemake, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert failed.returncode != 0
+    assert "pq_m 7 must divide the embedding dimension 384" in (root / "logs" / "build_index.log").read_text()
+    assert mtimes() == second  # Snakemake removed build_index's output only
+    assert not (root / "data" / "index" / "dense" / "meta.json").exists()
