@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -155,12 +156,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="faiss OpenMP threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None, help="where the raw vectors go (default: a temp dir)")
+    parser.add_argument("--keep-vectors", type=Path, default=None, help="also keep the raw vectors here (a hard link)")
+    parser.add_argument("--vectors", type=Path, default=None, help="reuse raw vectors kept by --keep-vectors")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         path = Path(tmp) / "vectors.f32"
         start = time.perf_counter()
-        write_vectors(path, args.n, args.dim, args.clusters, args.seed)
+        if args.vectors is not None:
+            # Reuse a file an earlier run kept (the same generator, flags and seed give the same bytes).
+            if args.vectors.stat().st_size != args.n * args.dim * 4:
+                raise SystemExit(f"--vectors {args.vectors} does not hold {args.n} x {args.dim} float32 values")
+            path = args.vectors
+        else:
+            write_vectors(path, args.n, args.dim, args.clusters, args.seed)
+            if args.keep_vectors is not None:
+                os.link(path, args.keep_vectors)
         picks = np.random.default_rng(args.seed + 1).choice(args.n, size=args.queries, replace=False)
         data = np.memmap(path, dtype=np.float32, mode="r", shape=(args.n, args.dim))
         noise = np.random.default_rng(args.seed + 2).standard_normal((args.queries, args.dim), dtype=np.float32)
