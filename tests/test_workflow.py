@@ -121,7 +121,10 @@ def test_dense_index_is_embedded_in_one_job_per_shard(in_repo):
     assert not any(_covers(build.outs[0], out) for stage in shards for out in stage.outs)
     paper = load("config/paper.yaml")
     last = rrl.find_stage(paper, "embed_shard", {"shard": "00020"})
-    assert last.resources["gpus"] == 1 and "corpus.num_passages" in last.params
+    assert last.resources["gpus"] == 1
+    # Correcting the passage count adds or drops shard jobs; it must not re-embed the other 20 on 20 GPUs.
+    assert "corpus.num_passages" not in last.params
+    assert "corpus.num_passages" in rrl.find_stage(paper, "build_index").params
     bm25 = copy.deepcopy(cfg)
     bm25["retriever"]["kind"] = "bm25"
     assert not any(stage.rule == "embed_shard" for stage in rrl.plan(bm25))

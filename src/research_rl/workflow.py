@@ -417,7 +417,8 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
                 options={"shard": shard},
                 deps=[str(paths.corpus_path(cfg))],
                 outs=outs,
-                params=["corpus.num_passages", *(f"retriever.dense.{key}" for key in EMBEDDING_KEYS)],
+                # Not corpus.num_passages: it sets how many shards there are, not what one holds.
+                params=[f"retriever.dense.{key}" for key in EMBEDDING_KEYS],
                 resource_keys=("embed_shard",),
             )
             shards += outs
