@@ -37,6 +37,7 @@ wildcard_constraints:
     model=rrl.wildcard_regex(WILDCARDS["model"]),
     benchmark=rrl.wildcard_regex(WILDCARDS["benchmark"]),
     method=rrl.wildcard_regex(WILDCARDS["method"]),
+    shard=r"\d{5}",
 
 
 localrules:

@@ -8,6 +8,7 @@ take seconds and need none of the stages' heavy dependencies.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,7 @@ from workflow_sandbox import BIN, DVC, REPO, SNAKEMAKE, edit, make_sandbox, run
 
 from research_rl import workflow as rrl
 from research_rl.config import load_config
+from research_rl.workflow import _covers
 
 PAPER = REPO / "config" / "paper.yaml"
 
@@ -101,11 +103,34 @@ def test_default_plan_counts(in_repo):
         "normalize_qa": 1,
         "build_base_model": 1,
         "prepare_train": 1,
+        "embed_shard": 2,  # the toy world's 2,001 passages in shards of 1,024
         "build_index": 1,
         "train_grpo": 1,
         "evaluate": 4 * 6,  # four benchmarks × five baselines (research_base included) + research
         "report": 1,
     }
+
+
+def test_dense_index_is_embedded_in_one_job_per_shard(in_repo):
+    cfg = load("config/config.yaml")
+    shards = [stage for stage in rrl.plan(cfg) if stage.rule == "embed_shard"]
+    build = rrl.find_stage(cfg, "build_index")
+    assert [stage.wildcards["shard"] for stage in shards] == ["00000", "00001"]
+    assert all(out in build.deps for stage in shards for out in stage.outs)
+    # Outside build_index's output directory, which Snakemake deletes when that job fails.
+    assert not any(_covers(build.outs[0], out) for stage in shards for out in stage.outs)
+    paper = load("config/paper.yaml")
+    last = rrl.find_stage(paper, "embed_shard", {"shard": "00020"})
+    assert last.resources["gpus"] == 1
+    # Correcting the passage count adds or drops shard jobs; it must not re-embed the other 20 on 20 GPUs.
+    assert "corpus.num_passages" not in last.params
+    assert "corpus.num_passages" in rrl.find_stage(paper, "build_index").params
+    bm25 = copy.deepcopy(cfg)
+    bm25["retriever"]["kind"] = "bm25"
+    assert not any(stage.rule == "embed_shard" for stage in rrl.plan(bm25))
+    del paper["corpus"]["num_passages"]
+    with pytest.raises(ValueError, match="corpus.num_passages"):
+        rrl.plan(paper)
 
 
 def test_stage_names_are_unique_and_valid(in_repo):
@@ -169,6 +194,7 @@ def test_paper_grid_plans_every_job(in_repo):
         "download_models": 5,  # 4 Qwen checkpoints and the E5 encoder
         "normalize_qa": 1,
         "prepare_train": 4,
+        "embed_shard": 21,  # ceil(21,015,324 passages / 1,048,576 a shard)
         "build_index": 1,
         "train_grpo": 4,
         "evaluate": 4 * 4 + 2 * 4 * 4,

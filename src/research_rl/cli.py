@@ -136,6 +136,17 @@ def prepare_train_cmd(
     prepare_train.run(cfg, model_name=model)
 
 
+@_stage("embed-shard", "Embed one shard of the corpus for the dense index (one DAG job per shard).")
+def embed_shard_cmd(
+    config: ConfigOption = DEFAULT_CONFIG,
+    shard: Annotated[int, typer.Option(help="Shard number k: passages [k*shard_size, (k+1)*shard_size).")] = ...,
+) -> None:
+    cfg = _load(config)
+    from research_rl.retrieval import embedding
+
+    embedding.run_embed_shard(cfg, shard)
+
+
 @_stage("build-index", "Embed or tokenize the corpus and build the search index.")
 def build_index_cmd(
     config: ConfigOption = DEFAULT_CONFIG,

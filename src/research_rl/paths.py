@@ -72,6 +72,12 @@ def index_dir(cfg: dict[str, Any], kind: str | None = None) -> Path:
     return data_dir(cfg) / "index" / kind
 
 
+def shard_dir(cfg: dict[str, Any]) -> Path:
+    """The dense embedding shards, beside (not inside) the index directory, so a failed or rerun
+    build_index, whose output is that whole directory, never deletes them."""
+    return data_dir(cfg) / "index" / "dense_shards"
+
+
 def base_model_dir(cfg: dict[str, Any]) -> Path:
     return Path(cfg["base_model"]["out_dir"])
 

@@ -29,6 +29,7 @@ import yaml
 
 from research_rl import paths
 from research_rl.data import models as hub_models
+from research_rl.retrieval import sharding
 
 BASELINE_METHODS = ("zero_shot", "naive_rag", "iter_retgen", "ircot")
 TRAINED_METHOD = "research"
@@ -42,6 +43,7 @@ ENTRY_MODULES = {
     "normalize_qa": "research_rl.data.normalize",
     "build_base_model": "research_rl.model.base_model",
     "prepare_train": "research_rl.data.prepare_train",
+    "embed_shard": "research_rl.retrieval.embedding",
     "build_index": "research_rl.retrieval.index",
     "train_grpo": "research_rl.training.grpo",
     "evaluate": "research_rl.evaluation.evaluate",
@@ -58,6 +60,7 @@ ENV_GROUPS = {
     "download_models": "data",
     "normalize_qa": "data",
     "prepare_train": "data",
+    "embed_shard": "retrieval",
     "build_index": "retrieval",
     "build_base_model": "train",
     "train_grpo": "train",
@@ -154,7 +157,7 @@ def encoder_input(cfg: dict[str, Any]) -> list[str]:
 def resources_for(cfg: dict[str, Any], keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """The first of cfg["resources"]["per_size"][key] for `keys` that exists, else the default.
 
-    Keys: a model size (train_grpo), `<size>_eval` then the size (evaluate), `build_index`."""
+    Keys: a model size (train_grpo), `<size>_eval` then the size (evaluate), `embed_shard`, `build_index`."""
     spec = dict(cfg["resources"]["default"])
     for key in keys:
         if key in cfg["resources"]["per_size"]:
@@ -283,7 +286,7 @@ def retriever_query_params(cfg: dict[str, Any]) -> list[str]:
     """Keys a search at query time reads (the index itself is a dep)."""
     keys = ["retriever.topk"]
     if cfg["retriever"]["kind"] == "dense":
-        keys += ["retriever.dense.query_prefix", "retriever.dense.nprobe"]
+        keys += ["retriever.dense.query_prefix", "retriever.dense.nprobe", "retriever.dense.hnsw_ef_search"]
     return keys
 
 
@@ -291,8 +294,42 @@ def index_params(cfg: dict[str, Any]) -> list[str]:
     kind = cfg["retriever"]["kind"]
     if kind == "bm25":
         return ["retriever.kind", "retriever.bm25"]
-    dense = ("model", "passage_prefix", "max_length", "index_type", "ivf_nlist", "hnsw_m", "pq_m")
-    return ["retriever.kind"] + [f"retriever.dense.{key}" for key in dense]
+    dense = (
+        *EMBEDDING_KEYS,
+        "index_type",
+        "ivf_nlist",
+        "ivf_train_size",
+        "hnsw_m",
+        "hnsw_ef_construction",
+        "pq_m",
+    )
+    return ["retriever.kind", "corpus.num_passages"] + [f"retriever.dense.{key}" for key in dense]
+
+
+# What a shard's vectors depend on (with the corpus, a dep); build_index reads these too, since it
+# embeds a missing or stale shard itself when run alone.
+EMBEDDING_KEYS = ("model", "passage_prefix", "max_length", "shard_size")
+
+
+def planned_passages(cfg: dict[str, Any]) -> int:
+    """The corpus's passage count before it is downloaded: corpus.num_passages, or the toy world's
+    (deterministic from its settings; building the world without questions takes ~0.1 s)."""
+    declared = sharding.declared_passages(cfg)
+    if declared is not None:
+        return declared
+    if "toyworld" in cfg:
+        from research_rl.data.toyworld import build_world
+
+        return len(build_world(cfg["toyworld"]).passages)
+    raise ValueError(
+        "corpus.num_passages is not set: the dense index is embedded in one job per retriever.dense.shard_size "
+        "passages, so the plan needs the corpus's passage count (wiki-18: 21015324)"
+    )
+
+
+def shard_outs(cfg: dict[str, Any], shard: int | str) -> list[str]:
+    """The files embed_shard writes for shard `shard` (an int, or the rule's `{shard}` wildcard)."""
+    return [str(path) for path in sharding.shard_files(paths.shard_dir(cfg), shard)]
 
 
 def _present(cfg: dict[str, Any], keys: list[str]) -> tuple[str, ...]:
@@ -401,10 +438,30 @@ def plan(cfg: dict[str, Any]) -> list[Stage]:
             params=["train_data", f"models.{i}"],
         )
 
+    # Dense: one job a shard (a GPU each on the cluster), so a failed or killed run keeps the shards it
+    # finished; build_index only reads them. The shard count is known before the corpus is downloaded.
+    shards: list[str] = []
+    if cfg["retriever"]["kind"] == "dense":
+        for number in range(sharding.shard_count(planned_passages(cfg), sharding.shard_size(cfg))):
+            shard = f"{number:05d}"
+            outs = shard_outs(cfg, number)
+            add(
+                "embed_shard",
+                parts=(shard,),
+                wildcards={"shard": shard},
+                options={"shard": shard},
+                deps=[str(paths.corpus_path(cfg)), *encoder_input(cfg)],
+                outs=outs,
+                # Not corpus.num_passages: it sets how many shards there are, not what one holds.
+                params=[f"retriever.dense.{key}" for key in EMBEDDING_KEYS],
+                resource_keys=("embed_shard",),
+            )
+            shards += outs
+
     index = str(paths.index_dir(cfg))
     add(
         "build_index",
-        deps=[str(paths.corpus_path(cfg)), *encoder_input(cfg)],
+        deps=[str(paths.corpus_path(cfg)), *shards],
         outs=[index],
         out_dirs=[index],
         params=index_params(cfg),

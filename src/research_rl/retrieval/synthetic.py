@@ -9,6 +9,8 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
+
 from research_rl.atomic import atomic_write_text
 
 SYLLABLES = ["ka", "lo", "mir", "ze", "tan", "vor", "qui", "bel", "dra", "nox", "fen", "rus", "ul", "ith", "gar"]
@@ -48,3 +50,20 @@ def write_synthetic_corpus(path: Path, n: int, seed: int = 0) -> list[dict[str, 
     lines = [json.dumps({"id": str(i), "contents": passage(person)}) for i, person in enumerate(people)]
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
     return people
+
+
+def clustered_unit_vectors(
+    n: int, dim: int, *, clusters: int = 1000, spread: float = 1.0, seed: int = 0, start: int = 0
+) -> np.ndarray:
+    """Rows [start, start + n) of a deterministic clustered set of unit vectors (float32).
+
+    Row i lies near cluster centre i % clusters (centre plus Gaussian noise of `spread` times the centre's
+    scale, then normalized), so nearest neighbours are mostly cluster mates and an approximate index's
+    recall against exact search means something (uniform random vectors have no structure to exploit).
+    Any slice can be generated alone, so a 2M x 768 set can be written out chunk by chunk."""
+    centres = np.random.default_rng(seed).standard_normal((clusters, dim), dtype=np.float32)
+    rows = np.arange(start, start + n)
+    noise = np.random.default_rng([seed, start]).standard_normal((n, dim), dtype=np.float32)
+    vectors = centres[rows % clusters] + spread * noise
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors
