@@ -346,7 +346,8 @@ def run(cfg: dict[str, Any], model_name: str, *, search_client: Any = None) -> N
     out_dir.mkdir(parents=True, exist_ok=True)
     resume = latest_checkpoint(out_dir)
     metrics = out_dir / METRICS_FILE
-    truncate_metrics(metrics, checkpoint_step(resume) if resume else 0)
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch only rank 0 writes metrics
+        truncate_metrics(metrics, checkpoint_step(resume) if resume else 0)
     with _search_client(cfg, search_client) as client:
         trainer = build_trainer(cfg, model_name, client, out_dir)
         if resume:
