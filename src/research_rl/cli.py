@@ -154,7 +154,7 @@ def launch_train_cmd(
     config: ConfigOption = DEFAULT_CONFIG,
     model: Annotated[str, typer.Option(help="Name of an entry of `models:`.")] = ...,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and exit.")] = False,
-    node_task: Annotated[bool, typer.Option("--node-task", hidden=True, help="Set by a multi-node run's srun.")] = False,
+    node_task: Annotated[bool, typer.Option("--node-task", hidden=True, help="Set by the srun.")] = False,
 ) -> None:
     cfg = _load(config)
     from research_rl.training import launch
