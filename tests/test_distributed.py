@@ -1,15 +1,16 @@
 """train_grpo's launcher (training/launch.py) and GRPO over two processes on CPU.
 
-The two-process test runs the real engine: `accelerate launch --cpu --num_processes 2` (gloo, DDP) of the
+The two-process test runs the real engine: `accelerate launch --multi_gpu --num_processes 2` on CPU (torchrun,
+gloo, DDP) of the
 tiny model with our multi-turn SearchRollout, then kills the launcher after a checkpoint and reruns it.
 A probe script around grpo.run records, on each rank, the prompts its rollout_func got and a checksum of
 its parameters after training (nothing in the training itself is replaced)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 import yaml
 from test_grpo import make_workspace, with_grpo
@@ -92,9 +94,10 @@ def test_multi_node_runs_one_launcher_per_node_under_srun():
     assert _option(inner, "--main_process_port") == "29911"
 
 
-def test_cpu_host_gets_cpu_flag_and_no_multi_gpu():
-    cmd = launch.accelerate_command(_cfg(gpus_per_node=2), Path("c.yaml"), "m", env={}, cpu=True)
-    assert "--cpu" in cmd and "--multi_gpu" not in cmd and _option(cmd, "--num_processes") == "2"
+def test_cpu_host_uses_the_torchrun_launcher_not_accelerates_single_process_cpu_flag():
+    cmd = launch.accelerate_command(_cfg(gpus_per_node=2, bf16=True), Path("c.yaml"), "m", env={}, cpu=True)
+    assert "--multi_gpu" in cmd and "--cpu" not in cmd and _option(cmd, "--num_processes") == "2"
+    assert _option(cmd, "--mixed_precision") == "no"
 
 
 def test_dry_run_prints_the_command():
@@ -214,6 +217,9 @@ grpo.run(cfg, sys.argv[sys.argv.index("--model") + 1], search_client=InProcessSe
 """
 
 
+MAX_STEPS = 8  # a step takes ~0.3 s here: room to kill the first run between checkpoint-2 and the end
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -225,7 +231,8 @@ def test_two_processes_train_resume_and_agree(tmp_path):
     grpo_settings = dict(
         num_generations=3, train_batch_prompts=2, per_device_batch_prompts=1, max_response_length=32, max_turns=2
     )
-    cfg = with_grpo(workspace, tmp_path / "results", max_steps=4, save_steps=1, gpus_per_node=2, **grpo_settings)
+    grpo_settings.update(max_steps=MAX_STEPS, save_steps=1, gpus_per_node=2)
+    cfg = with_grpo(workspace, tmp_path / "results", **grpo_settings)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "_config_path"}, sort_keys=False))
     script = tmp_path / "probe.py"
@@ -239,24 +246,34 @@ def test_two_processes_train_resume_and_agree(tmp_path):
         return launch.accelerate_command(cfg, config, "tiny-base", env={}, port=_free_port(), program=[str(script)])
 
     cmd = command()
-    assert "--cpu" in cmd and _option(cmd, "--num_processes") == "2"
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    assert "--multi_gpu" in cmd and _option(cmd, "--num_processes") == "2"
+    log = tmp_path / "first.log"
+    with open(log, "w") as handle:
+        first = subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 240
     while first.poll() is None and time.monotonic() < deadline:
         if grpo.latest_checkpoint(out) and grpo.checkpoint_step(grpo.latest_checkpoint(out)) >= 2:
             break
         time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)  # the launcher and both workers
+    assert first.poll() is None, f"the first run ended by itself:\n{log.read_text()[-4000:]}"
+    # The launcher and both workers: torchrun starts its workers in their own sessions, so killing the
+    # launcher's process group alone leaves them training (a Slurm job's kill takes the whole cgroup).
+    launcher = psutil.Process(first.pid)
+    workers = launcher.children(recursive=True)
+    for process in [launcher, *workers]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
     first.wait()
+    assert not psutil.wait_procs(workers, timeout=30)[1], "a worker of the first run survived the kill"
     killed_at = grpo.latest_checkpoint(out)
     assert killed_at is not None and not (out / grpo.FINAL_DIR).exists(), "the kill came too late to test resume"
     resumed_from = grpo.checkpoint_step(killed_at)
-    assert resumed_from < 4
+    assert resumed_from < MAX_STEPS
 
     rerun = subprocess.run(command(), env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert f"resuming from {killed_at}" in rerun.stdout
-    assert [row["step"] for row in grpo.read_metrics(out / grpo.METRICS_FILE)] == [1, 2, 3, 4]
+    assert [row["step"] for row in grpo.read_metrics(out / grpo.METRICS_FILE)] == list(range(1, MAX_STEPS + 1))
     assert (out / grpo.FINAL_DIR / "model.safetensors").is_file()
 
     # Both ranks rolled out, each its own half of the step's prompts: one group of num_generations
@@ -265,9 +282,9 @@ def test_two_processes_train_resume_and_agree(tmp_path):
     for rank in (0, 1):
         assert all(row["world"] == 2 for row in rows[rank])
         steps = [row["step"] for row in rows[rank]]
-        assert steps[-(4 - resumed_from) :] == list(range(resumed_from, 4)), steps
+        assert steps[-(MAX_STEPS - resumed_from) :] == list(range(resumed_from, MAX_STEPS)), steps
         assert all(len(row["prompts"]) == 3 and len(set(row["prompts"])) == 1 for row in rows[rank])
-    for r0, r1 in zip(rows[0][-(4 - resumed_from) :], rows[1][-(4 - resumed_from) :], strict=True):
+    for r0, r1 in zip(rows[0][-(MAX_STEPS - resumed_from) :], rows[1][-(MAX_STEPS - resumed_from) :], strict=True):
         assert r0["step"] == r1["step"] and r0["prompts"][0] != r1["prompts"][0]
     # DDP kept the replicas identical.
     assert (probe / "params-0.txt").read_text() == (probe / "params-1.txt").read_text()

@@ -8,9 +8,10 @@
     renders the accelerate command with --machine_rank = SLURM_NODEID and --main_process_ip = the first
     host of SLURM_JOB_NODELIST (one accelerate launcher per node, each starting gpus_per_node workers).
 
-grpo.gpus_per_node counts processes per node: one per GPU; on a host without CUDA the workers run with
---cpu (gloo), which is how tests run two processes. The DeepSpeed JSON (grpo.deepspeed) goes to accelerate
-as --deepspeed_config_file and to the trainer as GRPOConfig.deepspeed, the same file for both; an
+grpo.gpus_per_node counts processes per node: one per GPU; on a host without CUDA the same torchrun
+launcher starts them and they join over gloo on CPU (GRPOConfig.use_cpu), which is how tests run two
+processes (accelerate's own --cpu flag would start one process only). The DeepSpeed JSON (grpo.deepspeed)
+goes to accelerate as --deepspeed_config_file and to the trainer as GRPOConfig.deepspeed, the same file for both; an
 accelerate YAML (grpo.accelerate_config) is passed as --config_file and must name that same JSON.
 """
 
@@ -158,7 +159,9 @@ def accelerate_command(
         cmd += ["--use_deepspeed", "--deepspeed_config_file", str(g["deepspeed"])]
         if nodes > 1:
             cmd += ["--deepspeed_multinode_launcher", "standard"]  # accelerate's own launcher on each node
-    elif not cpu:
+    else:
+        # accelerate's --cpu takes its single-process launcher (or mpirun), whatever --num_processes says;
+        # its torchrun launcher (--multi_gpu) starts the workers, which find no CUDA and join over gloo.
         cmd += ["--multi_gpu"]
     cmd += [
         "--num_processes", str(num_processes(cfg)),
@@ -167,10 +170,8 @@ def accelerate_command(
         "--main_process_ip", main_process_ip(env) if nodes > 1 else "127.0.0.1",
         "--main_process_port", str(port),
         "--dynamo_backend", "no",
-        "--mixed_precision", "bf16" if g.get("bf16") else "no",
+        "--mixed_precision", "bf16" if g.get("bf16") and not cpu else "no",
     ]  # fmt: skip
-    if cpu:
-        cmd += ["--cpu"]
     return cmd + [*program, "--config", str(config_path), "--model", model]
 
 
