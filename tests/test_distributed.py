@@ -182,7 +182,7 @@ def test_paper_deepspeed_config_is_accepted_by_the_engine(tmp_path, monkeypatch)
 
 
 PROBE = """
-import hashlib, json, os, sys
+import functools, hashlib, json, os, sys
 from pathlib import Path
 import torch
 from research_rl.config import load_config
@@ -194,7 +194,16 @@ probe = Path(os.environ["PROBE_DIR"]); probe.mkdir(exist_ok=True)
 rank = int(os.environ["RANK"])
 rollout = grpo.SearchRollout.__call__
 
+def checksum(trainer):
+    digest = hashlib.sha256()
+    for name, p in sorted(trainer.accelerator.unwrap_model(trainer.model).named_parameters()):
+        digest.update(name.encode()); digest.update(p.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
 def recording(self, prompts, trainer):
+    start = probe / f"params-start-{rank}.txt"
+    if not start.exists():
+        start.write_text(checksum(trainer))
     row = {"rank": rank, "world": int(os.environ["WORLD_SIZE"]), "step": trainer.state.global_step,
            "prompts": [hashlib.sha1(p.encode()).hexdigest()[:12] for p in prompts]}
     with open(probe / f"rank-{rank}.jsonl", "a") as handle:
@@ -204,14 +213,26 @@ def recording(self, prompts, trainer):
 save_final = grpo.save_final
 
 def checksummed(trainer, out_dir):
-    digest = hashlib.sha256()
-    for name, p in sorted(trainer.accelerator.unwrap_model(trainer.model).named_parameters()):
-        digest.update(name.encode()); digest.update(p.detach().float().cpu().numpy().tobytes())
-    (probe / f"params-{rank}.txt").write_text(digest.hexdigest())
+    (probe / f"params-{rank}.txt").write_text(checksum(trainer))
     save_final(trainer, out_dir)
+
+# The tiny model's rollouts all score 0 (no update would follow): spread the rewards over completions so
+# that every step has nonzero advantages and each rank's gradient differs before DDP averages them.
+make_reward = grpo.make_reward_function
+
+def spread_reward_function(tokenizer):
+    reward = make_reward(tokenizer)
+
+    @functools.wraps(reward)
+    def spread(*args, completion_ids, **kwargs):
+        scored = reward(*args, completion_ids=completion_ids, **kwargs)
+        return [r + (sum(ids) % 7) / 7 for r, ids in zip(scored, completion_ids)]
+
+    return spread
 
 grpo.SearchRollout.__call__ = recording
 grpo.save_final = checksummed
+grpo.make_reward_function = spread_reward_function
 cfg = load_config(sys.argv[sys.argv.index("--config") + 1])
 grpo.run(cfg, sys.argv[sys.argv.index("--model") + 1], search_client=InProcessSearchClient(load_searcher(cfg)))
 """
@@ -286,5 +307,7 @@ def test_two_processes_train_resume_and_agree(tmp_path):
         assert all(len(row["prompts"]) == 3 and len(set(row["prompts"])) == 1 for row in rows[rank])
     for r0, r1 in zip(rows[0][-(MAX_STEPS - resumed_from) :], rows[1][-(MAX_STEPS - resumed_from) :], strict=True):
         assert r0["step"] == r1["step"] and r0["prompts"][0] != r1["prompts"][0]
-    # DDP kept the replicas identical.
+    # Both ranks started from the same weights, the steps changed them, and DDP kept the replicas identical.
+    assert (probe / "params-start-0.txt").read_text() == (probe / "params-start-1.txt").read_text()
     assert (probe / "params-0.txt").read_text() == (probe / "params-1.txt").read_text()
+    assert (probe / "params-0.txt").read_text() != (probe / "params-start-0.txt").read_text()
