@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
+import torch
 import yaml
 from test_grpo import make_workspace, with_grpo
 
@@ -311,3 +312,40 @@ def test_two_processes_train_resume_and_agree(tmp_path):
     assert (probe / "params-start-0.txt").read_text() == (probe / "params-start-1.txt").read_text()
     assert (probe / "params-0.txt").read_text() == (probe / "params-1.txt").read_text()
     assert (probe / "params-0.txt").read_text() != (probe / "params-start-0.txt").read_text()
+
+
+def test_two_processes_train_under_deepspeed_zero3_on_cpu(tmp_path):
+    """The paper's ZeRO-3 JSON (parameters, gradients and optimizer state sharded) on two CPU processes
+    (deepspeed.comm on gloo): both ranks roll out, the run finishes and final/ holds the gathered weights,
+    changed by the steps."""
+    from safetensors.torch import load_file
+
+    workspace = make_workspace(tmp_path / "ws", warmup_steps=3)
+    grpo_settings = dict(
+        num_generations=3, train_batch_prompts=2, per_device_batch_prompts=1, max_response_length=32, max_turns=2
+    )
+    zero3 = str(REPO / "config" / "deepspeed" / "zero3.json")
+    grpo_settings.update(max_steps=2, save_steps=2, gpus_per_node=2, deepspeed=zero3)
+    cfg = with_grpo(workspace, tmp_path / "results", **grpo_settings)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "_config_path"}, sort_keys=False))
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    probe = tmp_path / "probe"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env["PROBE_DIR"] = str(probe)
+    cmd = launch.accelerate_command(cfg, config, "tiny-base", env={}, port=_free_port(), program=[str(script)])
+    assert _option(cmd, "--deepspeed_config_file").endswith("zero3.json")
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = paths.trained_model_dir(cfg, "tiny-base")
+    assert [row["step"] for row in grpo.read_metrics(out / grpo.METRICS_FILE)] == [1, 2]
+    for rank in (0, 1):
+        rows = [json.loads(x) for x in (probe / f"rank-{rank}.jsonl").read_text().splitlines()]
+        assert [row["step"] for row in rows] == [0, 1] and all(row["world"] == 2 for row in rows)
+    base = load_file(Path(cfg["models"][0]["path"]) / "model.safetensors")
+    final = load_file(out / grpo.FINAL_DIR / "model.safetensors")
+    shared = set(base) & set(final)
+    assert shared and all(final[k].shape == base[k].shape for k in shared)  # gathered, not rank 0's shard
+    assert any(not torch.equal(final[k].float(), base[k].float()) for k in shared)
