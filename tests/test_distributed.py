@@ -239,6 +239,10 @@ grpo.run(cfg, sys.argv[sys.argv.index("--model") + 1], search_client=InProcessSe
 """
 
 
+# Two prompts a step, one per rank, each rolled out 3 times; short responses.
+SHORT_DIST = dict(
+    num_generations=3, train_batch_prompts=2, per_device_batch_prompts=1, max_response_length=32, max_turns=2
+)
 MAX_STEPS = 8  # a step takes ~0.3 s here: room to kill the first run between checkpoint-2 and the end
 
 
@@ -248,11 +252,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_train_resume_and_agree(tmp_path):
-    workspace = make_workspace(tmp_path / "ws", warmup_steps=3)
-    grpo_settings = dict(
-        num_generations=3, train_batch_prompts=2, per_device_batch_prompts=1, max_response_length=32, max_turns=2
-    )
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return make_workspace(tmp_path_factory.mktemp("dist"), warmup_steps=3)
+
+
+def test_launch_train_runs_train_grpo_on_two_processes(workspace, tmp_path):
+    """The command the train_grpo rule runs, end to end: launch-train -> accelerate launch -> train-grpo on
+    each rank (each with its own retriever service, as the job's retriever mode picks for WORLD_SIZE 2)."""
+    cfg = with_grpo(workspace, tmp_path / "results", gpus_per_node=2, max_steps=1, save_steps=1, **SHORT_DIST)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "_config_path"}, sort_keys=False))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
+    cmd = [sys.executable, "-m", "research_rl.cli", "launch-train", "--config", str(config), "--model", "tiny-base"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "accelerate.commands.launch" in done.stdout and "--num_processes 2" in done.stdout
+    out = paths.trained_model_dir(cfg, "tiny-base")
+    assert [row["step"] for row in grpo.read_metrics(out / grpo.METRICS_FILE)] == [1]
+    assert (out / grpo.FINAL_DIR / "model.safetensors").is_file()
+
+
+def test_two_processes_train_resume_and_agree(workspace, tmp_path):
+    grpo_settings = dict(SHORT_DIST)
     grpo_settings.update(max_steps=MAX_STEPS, save_steps=1, gpus_per_node=2)
     cfg = with_grpo(workspace, tmp_path / "results", **grpo_settings)
     config = tmp_path / "config.yaml"
@@ -314,16 +336,13 @@ def test_two_processes_train_resume_and_agree(tmp_path):
     assert (probe / "params-0.txt").read_text() != (probe / "params-start-0.txt").read_text()
 
 
-def test_two_processes_train_under_deepspeed_zero3_on_cpu(tmp_path):
+def test_two_processes_train_under_deepspeed_zero3_on_cpu(workspace, tmp_path):
     """The paper's ZeRO-3 JSON (parameters, gradients and optimizer state sharded) on two CPU processes
     (deepspeed.comm on gloo): both ranks roll out, the run finishes and final/ holds the gathered weights,
     changed by the steps."""
     from safetensors.torch import load_file
 
-    workspace = make_workspace(tmp_path / "ws", warmup_steps=3)
-    grpo_settings = dict(
-        num_generations=3, train_batch_prompts=2, per_device_batch_prompts=1, max_response_length=32, max_turns=2
-    )
+    grpo_settings = dict(SHORT_DIST)
     zero3 = str(REPO / "config" / "deepspeed" / "zero3.json")
     grpo_settings.update(max_steps=2, save_steps=2, gpus_per_node=2, deepspeed=zero3)
     cfg = with_grpo(workspace, tmp_path / "results", **grpo_settings)
