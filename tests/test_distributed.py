@@ -85,8 +85,9 @@ def test_one_node_renders_accelerate_launch_with_the_deepspeed_file():
 
 def test_multi_node_runs_one_launcher_per_node_under_srun():
     cfg = _cfg(num_nodes=4, gpus_per_node=8, deepspeed="config/deepspeed/zero3.json")
-    outer = launch.render(cfg, Path("c.yaml"), "m", env={})
+    outer = launch.render(cfg, Path("c.yaml"), "m", env={"SLURM_CPUS_ON_NODE": "96"})
     assert outer[:4] == ["srun", "--nodes=4", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert "--gpus-per-node=8" in outer and "--cpus-per-task=96" in outer and "--overlap" in outer
     assert outer[-1] == "--node-task" and "launch-train" in outer
     env = {"SLURM_NODEID": "2", "SLURM_JOB_NODELIST": "gpu[03-05,09]", "MASTER_PORT": "29911"}
     inner = launch.render(cfg, Path("c.yaml"), "m", node_task=True, env=env)

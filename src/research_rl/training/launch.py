@@ -179,10 +179,18 @@ def plain_command(config_path: Path, model: str) -> list[str]:
     return [sys.executable, *TRAIN_PROGRAM, "--config", str(config_path), "--model", model]
 
 
-def srun_command(cfg: dict[str, Any], config_path: Path, model: str) -> list[str]:
-    """One launcher task per node; each renders its own accelerate command (its SLURM_NODEID)."""
-    return [
-        "srun", f"--nodes={num_nodes(cfg)}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+def srun_command(cfg: dict[str, Any], config_path: Path, model: str, env: dict[str, str] | None = None) -> list[str]:
+    """One launcher task per node; each renders its own accelerate command (its SLURM_NODEID).
+
+    The step asks for each node's GPUs and CPUs explicitly (a step gets one CPU and no GPU by default),
+    and --overlap lets it start inside the one-task step that Snakemake's Slurm job step runs rules in."""
+    env = dict(os.environ) if env is None else env
+    cmd = ["srun", f"--nodes={num_nodes(cfg)}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "--overlap"]
+    if int(cfg["grpo"].get("gpus_per_node", 0)) > 0:
+        cmd.append(f"--gpus-per-node={cfg['grpo']['gpus_per_node']}")
+    if env.get("SLURM_CPUS_ON_NODE"):
+        cmd.append(f"--cpus-per-task={env['SLURM_CPUS_ON_NODE']}")
+    return cmd + [
         sys.executable, "-m", "research_rl.cli", "launch-train",
         "--config", str(config_path), "--model", model, "--node-task",
     ]  # fmt: skip
@@ -196,7 +204,7 @@ def render(
         return plain_command(config_path, model)
     check_launcher_files(cfg)
     if num_nodes(cfg) > 1 and not node_task:
-        return srun_command(cfg, config_path, model)
+        return srun_command(cfg, config_path, model, env)
     return accelerate_command(cfg, config_path, model, env=env)
 
 
