@@ -146,7 +146,8 @@ def test_paper_plan_downloads_before_index_and_training(monkeypatch):
         "intfloat--e5-base-v2",
     }
     assert downloads["intfloat--e5-base-v2"] == str(Path("models") / "manifests" / "intfloat--e5-base-v2.json")
-    assert downloads["intfloat--e5-base-v2"] in rrl.find_stage(cfg, "build_index").deps
+    # The encoder is read by the embedding jobs (build_index only reads their shards).
+    assert downloads["intfloat--e5-base-v2"] in rrl.find_stage(cfg, "embed_shard", {"shard": "00000"}).deps
     for model in ("Qwen2.5-7B", "Qwen2.5-32B-Instruct"):
         manifest = downloads["Qwen--" + model]
         assert manifest in rrl.find_stage(cfg, "prepare_train", {"model": model}).deps

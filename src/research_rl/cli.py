@@ -215,6 +215,21 @@ def train_grpo_cmd(
     grpo.run(cfg, model_name=model)
 
 
+@_stage("launch-train", "Run train-grpo over grpo.num_nodes x gpus_per_node processes (accelerate launch).")
+def launch_train_cmd(
+    config: ConfigOption = DEFAULT_CONFIG,
+    model: Annotated[str, typer.Option(help="Name of an entry of `models:`.")] = ...,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and exit.")] = False,
+    node_task: Annotated[bool, typer.Option("--node-task", hidden=True, help="Set by the srun.")] = False,
+) -> None:
+    cfg = _load(config)
+    from research_rl.training import launch
+
+    code = launch.run(cfg, config, model, node_task=node_task, dry_run=dry_run)
+    if code:
+        raise typer.Exit(code=code)
+
+
 @_stage("evaluate", "Evaluate one (model, benchmark, method) cell; resumable.")
 def evaluate_cmd(
     config: ConfigOption = DEFAULT_CONFIG,

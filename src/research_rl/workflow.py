@@ -260,8 +260,12 @@ def stage_name(rule: str, *parts: str) -> str:
     return "--".join([rule, *(DVC_NAME_INVALID.sub("_", part) for part in parts)])
 
 
+# Stages whose command is not their dashed name: train_grpo goes through its launcher (training/launch.py).
+CLI_COMMANDS = {"train_grpo": "launch-train"}
+
+
 def cli_cmd(cfg: dict[str, Any], rule: str, **options: str) -> str:
-    cmd = f"research-rl {rule.replace('_', '-')} --config {config_file(cfg)}"
+    cmd = f"research-rl {CLI_COMMANDS.get(rule, rule.replace('_', '-'))} --config {config_file(cfg)}"
     for key, value in options.items():
         cmd += f" --{key} {value}"
     return cmd

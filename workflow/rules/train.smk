@@ -25,7 +25,8 @@ if "base_model" in CFG:
 
 
 # The longest job: scheduled before the evaluations that are ready with it, so that it trains on one
-# core while they share the other.
+# core while they share the other. launch-train runs train-grpo in-process when grpo.num_nodes x
+# gpus_per_node is 1, else under `accelerate launch` (and srun, one launcher per node, when num_nodes > 1).
 rule train_grpo:
     priority: 10
     input:
@@ -43,4 +44,4 @@ rule train_grpo:
     conda:
         rrl_cluster.conda_env(CFG, "train_grpo", "train")
     shell:
-        "research-rl train-grpo --config {params.config} --model {wildcards.model} > {log} 2>&1"
+        "research-rl launch-train --config {params.config} --model {wildcards.model} > {log} 2>&1"

@@ -333,6 +333,17 @@ def _search_client(cfg: dict[str, Any], client: Any) -> Iterator[Any]:
         yield found
 
 
+def _init_deepspeed_comm_on_cpu(args: Any) -> None:
+    """DeepSpeed over several CPU processes: start deepspeed.comm on gloo before the model is built.
+
+    On GPUs accelerate's DeepSpeed state does this; with use_cpu it takes its MULTI_CPU path instead, so
+    ZeRO-3's zero.Init finds no process group, counts one rank and fails its batch-size check."""
+    if args.deepspeed and not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+
+
 def build_trainer(cfg: dict[str, Any], model_name: str, search_client: Any, out_dir: Path) -> Any:
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
@@ -343,6 +354,7 @@ def build_trainer(cfg: dict[str, Any], model_name: str, search_client: Any, out_
         tokenizer.pad_token = tokenizer.eos_token
     args = grpo_config(cfg, out_dir, int(os.environ.get("WORLD_SIZE", "1")), model_name)
     args.model_init_kwargs = {"dtype": torch.bfloat16 if args.bf16 else torch.float32}
+    _init_deepspeed_comm_on_cpu(args)
     reward = make_reward_function(tokenizer)
     rollout = SearchRollout(search_client, tokenizer, cfg["grpo"], top_n=cfg["retriever"].get("topk", 5))
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -368,7 +380,8 @@ def run(cfg: dict[str, Any], model_name: str, *, search_client: Any = None) -> N
     out_dir.mkdir(parents=True, exist_ok=True)
     resume = latest_checkpoint(out_dir)
     metrics = out_dir / METRICS_FILE
-    truncate_metrics(metrics, checkpoint_step(resume) if resume else 0)
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch only rank 0 writes metrics
+        truncate_metrics(metrics, checkpoint_step(resume) if resume else 0)
     with _search_client(cfg, search_client) as client:
         trainer = build_trainer(cfg, model_name, client, out_dir)
         if resume:
