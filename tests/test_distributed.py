@@ -85,12 +85,12 @@ def test_one_node_renders_accelerate_launch_with_the_deepspeed_file():
 
 def test_multi_node_runs_one_launcher_per_node_under_srun():
     cfg = _cfg(num_nodes=4, gpus_per_node=8, deepspeed="config/deepspeed/zero3.json")
-    outer = launch.render(cfg, Path("c.yaml"), "m", env={"SLURM_CPUS_ON_NODE": "96"})
+    outer = launch.render(cfg, Path("c.yaml"), "tiny-base", env={"SLURM_CPUS_ON_NODE": "96"})
     assert outer[:4] == ["srun", "--nodes=4", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     assert "--gpus-per-node=8" in outer and "--cpus-per-task=96" in outer and "--overlap" in outer
     assert outer[-1] == "--node-task" and "launch-train" in outer
     env = {"SLURM_NODEID": "2", "SLURM_JOB_NODELIST": "gpu[03-05,09]", "MASTER_PORT": "29911"}
-    inner = launch.render(cfg, Path("c.yaml"), "m", node_task=True, env=env)
+    inner = launch.render(cfg, Path("c.yaml"), "tiny-base", node_task=True, env=env)
     assert _option(inner, "--num_processes") == "32" and _option(inner, "--num_machines") == "4"
     assert _option(inner, "--machine_rank") == "2" and _option(inner, "--main_process_ip") == "gpu03"
     assert _option(inner, "--main_process_port") == "29911"
@@ -113,6 +113,22 @@ def test_dry_run_prints_the_command():
     assert "--deepspeed_config_file config/deepspeed/zero3.json" in done.stdout
 
 
+def test_paper_plan_launches_8_processes_per_node_for_7b_and_2_nodes_with_offload_for_32b():
+    cfg = load_config(REPO / "config" / "paper.yaml")
+    env = {"SLURM_JOB_NODELIST": "gpu[01-02]", "SLURM_NODEID": "1"}
+    seven = launch.render(cfg, Path("config/paper.yaml"), "Qwen2.5-7B", env=env)
+    assert _option(seven, "--num_processes") == "8" and _option(seven, "--num_machines") == "1"
+    assert _option(seven, "--deepspeed_config_file") == "config/deepspeed/zero3.json"
+    # 32B: grpo.per_size.32b, one launcher task per node, each starting 8 of the 16 processes.
+    outer = launch.render(cfg, Path("config/paper.yaml"), "Qwen2.5-32B-Instruct", env=env)
+    assert outer[0] == "srun" and "--nodes=2" in outer and "--ntasks-per-node=1" in outer
+    assert "--gpus-per-node=8" in outer
+    inner = launch.render(cfg, Path("config/paper.yaml"), "Qwen2.5-32B-Instruct", node_task=True, env=env)
+    assert _option(inner, "--num_processes") == "16" and _option(inner, "--num_machines") == "2"
+    assert _option(inner, "--machine_rank") == "1" and _option(inner, "--main_process_ip") == "gpu01"
+    assert _option(inner, "--deepspeed_config_file") == "config/deepspeed/zero3_offload.json"
+
+
 def test_accelerate_yaml_naming_another_deepspeed_file_is_an_error():
     cfg = _cfg(
         gpus_per_node=8,
@@ -120,9 +136,9 @@ def test_accelerate_yaml_naming_another_deepspeed_file_is_an_error():
         deepspeed=str(REPO / "config/deepspeed/zero3.json"),
     )
     with pytest.raises(ValueError, match="grpo.accelerate_config"):
-        launch.render(cfg, Path("c.yaml"), "m", env={})
+        launch.render(cfg, Path("c.yaml"), "tiny-base", env={})
     with pytest.raises(FileNotFoundError, match="grpo.deepspeed"):
-        launch.render(_cfg(gpus_per_node=8, deepspeed="config/deepspeed/missing.json"), Path("c"), "m", env={})
+        launch.render(_cfg(gpus_per_node=8, deepspeed="config/deepspeed/missing.json"), Path("c"), "tiny-base", env={})
 
 
 def test_shipped_accelerate_yamls_name_existing_deepspeed_files():

@@ -222,7 +222,7 @@ def launch_train_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and exit.")] = False,
     node_task: Annotated[bool, typer.Option("--node-task", hidden=True, help="Set by the srun.")] = False,
 ) -> None:
-    cfg = _load(config)
+    cfg = _load(config, "train_grpo", model=model)
     from research_rl.training import launch
 
     code = launch.run(cfg, config, model, node_task=node_task, dry_run=dry_run)

@@ -196,10 +196,19 @@ def srun_command(cfg: dict[str, Any], config_path: Path, model: str, env: dict[s
     ]  # fmt: skip
 
 
+def for_model(cfg: dict[str, Any], model: str) -> dict[str, Any]:
+    """cfg with `grpo` as this model trains with it: grpo.per_size[<its size>] merged over grpo (a 7B and a
+    32B run differ in nodes, processes and DeepSpeed config)."""
+    from research_rl.training.grpo import grpo_settings
+
+    return {**cfg, "grpo": grpo_settings(cfg, model)}
+
+
 def render(
     cfg: dict[str, Any], config_path: Path, model: str, *, node_task: bool = False, env: dict[str, str] | None = None
 ) -> list[str]:
     """The command launch-train runs (after the plain case, which runs in this process)."""
+    cfg = for_model(cfg, model)
     if num_processes(cfg) <= 1:
         return plain_command(config_path, model)
     check_launcher_files(cfg)
@@ -214,7 +223,7 @@ def run(cfg: dict[str, Any], config_path: Path, model: str, *, node_task: bool =
     if dry_run:
         print(shlex.join(cmd), flush=True)
         return 0
-    if num_processes(cfg) <= 1:
+    if num_processes(for_model(cfg, model)) <= 1:
         from research_rl.training import grpo
 
         grpo.run(cfg, model_name=model)  # the embedded default: no launcher overhead
