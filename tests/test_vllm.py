@@ -9,8 +9,8 @@
 
 The model: a 2-layer Qwen2 over the test tokenizer, trained for a few seconds to say a ReSearch turn
 (`<search> … </search>`, then an answer and EOS after the result), so that stop strings, searches and EOS
-all happen. On a machine without .venv-vllm the module is skipped, except under CI (CI=true), where it
-fails: CI's scripts/test.sh makes the environment.
+all happen. On a machine without .venv-vllm the module is skipped, except under CI (CI=true) or
+scripts/test.sh (RESEARCH_RL_REQUIRE_VLLM=1), where it fails: scripts/test.sh makes the environment.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ SECOND_TURN = " <think> found </think> <answer> \\boxed{{Founder {n}}} </answer>
 def vllm_python() -> Path:
     if not VLLM_PYTHON.exists():
         message = f"{VLLM_PYTHON} is missing: run scripts/setup_vllm.sh"
-        if os.environ.get("CI"):
+        if os.environ.get("CI") or os.environ.get("RESEARCH_RL_REQUIRE_VLLM"):
             pytest.fail(message)
         pytest.skip(message)
     return VLLM_PYTHON
