@@ -182,7 +182,7 @@ def run_seeds(args: argparse.Namespace, seeds: list[int]) -> None:
     while pending or running:
         while pending and len(running) < args.jobs:
             seed = pending.pop(0)
-            log = (args.workdir / f"seed-{seed}.log").open("w", encoding="utf-8")
+            log = (args.workdir / f"seed-{seed}.log").open("a", encoding="utf-8")  # a rerun keeps the first log
             print(f"[rl_gain] seed {seed}: started, log {log.name}", flush=True)
             process = subprocess.Popen(seed_command(args, seed, args.workdir / f"seed-{seed}"), stdout=log, stderr=log)
             running.append((seed, process))
