@@ -11,6 +11,11 @@ keys, so a variant of the toy setting is one command:
 A rerun in the same --workdir reuses every finished stage (index, base model, trained model) and resumes
 the evaluations, whatever --set says: a changed setting wants a new --workdir. About 27 minutes on one
 core at 100 questions (base model 9 min, GRPO 6 min, the 8 evaluations 7-12 min).
+
+`--seeds 1234,1,2,3` runs one such experiment per seed (the config's `seed` and `grpo.seed` set to it),
+each in WORKDIR/seed-N with its log in WORKDIR/seed-N.log, `--jobs` of them at a time (each a process of
+one thread), then prints one summary table: the All row of every seed. `--baselines` also evaluates the
+config's baseline methods on the untrained checkpoint and prints their EM beside ReSearch's.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,13 +64,17 @@ def apply_overrides(cfg: dict[str, Any], overrides: dict[str, Any]) -> None:
         node[leaf] = value
 
 
-def write_config(workdir: Path, source: Path, overrides: dict[str, Any], questions: int | None) -> Path:
+def write_config(
+    workdir: Path, source: Path, overrides: dict[str, Any], questions: int | None, baselines: bool = False
+) -> Path:
     """The source config with the overrides, in workdir/config (the schemas come along)."""
     shutil.copytree(source.parent, workdir / "config", dirs_exist_ok=True)
     cfg = yaml.safe_load(source.read_text(encoding="utf-8"))
     apply_overrides(cfg, overrides)
     cfg["evaluation"]["max_questions"] = questions
-    cfg["evaluation"]["methods"] = ["research_base", "research"]
+    rl_pair = [report.BEFORE_RL, report.AFTER_RL]
+    others = [m for m in cfg["evaluation"]["methods"] if m not in rl_pair] if baselines else []
+    cfg["evaluation"]["methods"] = others + rl_pair
     target = workdir / "config" / source.name
     target.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return target
@@ -110,21 +120,124 @@ def print_training_fifths(cfg: dict[str, Any]) -> None:
         print(f"training {key}: first fifth {first:.3f}, last fifth {last:.3f}")
 
 
+def method_em(cfg: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """EM (a fraction) of every evaluated method, by benchmark and pooled over all of them (`All`)."""
+    model = cfg["models"][0]["name"]
+    table: dict[str, dict[str, float]] = {}
+    for method in cfg["evaluation"]["methods"]:
+        pooled: list[float] = []
+        for benchmark in paths.BENCHMARKS:
+            scores = [float(m["em"]) for m in report.load_question_metrics(cfg, model, benchmark, method).values()]
+            if scores:
+                table.setdefault(method, {})[benchmark] = sum(scores) / len(scores)
+                pooled += scores
+        if pooled:
+            table[method][report.ALL_BENCHMARKS] = sum(pooled) / len(pooled)
+    return table
+
+
+def method_em_to_markdown(table: dict[str, dict[str, float]]) -> str:
+    columns = [b for b in [*paths.BENCHMARKS, report.ALL_BENCHMARKS] if any(b in row for row in table.values())]
+    lines = ["| Method | " + " | ".join(report.BENCHMARK_LABELS.get(c, c) for c in columns) + " |"]
+    lines.append("|---|" + "|".join(["---:"] * len(columns)) + "|")
+    for method, row in table.items():
+        cells = [f"{100 * row[c]:.1f}" if c in row else "" for c in columns]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_one(args: argparse.Namespace, overrides: dict[str, Any], workdir: Path) -> None:
+    """One experiment in workdir: the stages, then the tables."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = write_config(workdir, args.config.resolve(), overrides, args.questions, args.baselines)
+    os.chdir(workdir)  # the config's paths are relative to the working directory, as in the DAG
+    cfg = load_config(config_file)
+    run_stages(cfg)
+    print_training_fifths(cfg)
+    print(report.rl_gain_to_markdown(report.rl_gain_table(cfg)))
+    if args.baselines:
+        print("EM (%) of every method (baselines on the untrained checkpoint):")
+        print(method_em_to_markdown(method_em(cfg)))
+
+
+def seed_command(args: argparse.Namespace, seed: int, workdir: Path) -> list[str]:
+    """This script again, for one seed in its own workdir (a process each: one thread, its own log)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--config", str(args.config.resolve())]
+    command += ["--workdir", str(workdir), "--set", f"seed={seed}", "--set", f"grpo.seed={seed}"]
+    if args.questions is not None:
+        command += ["--questions", str(args.questions)]
+    if args.baselines:
+        command.append("--baselines")
+    for pair in args.overrides:
+        command += ["--set", pair]
+    return command
+
+
+def run_seeds(args: argparse.Namespace, seeds: list[int]) -> None:
+    """Every seed's experiment, `--jobs` at a time, then one summary: each seed's All row."""
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    pending = list(seeds)
+    running: list[tuple[int, subprocess.Popen]] = []
+    failed = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            seed = pending.pop(0)
+            log = (args.workdir / f"seed-{seed}.log").open("a", encoding="utf-8")  # a rerun keeps the first log
+            print(f"[rl_gain] seed {seed}: started, log {log.name}", flush=True)
+            process = subprocess.Popen(seed_command(args, seed, args.workdir / f"seed-{seed}"), stdout=log, stderr=log)
+            running.append((seed, process))
+        time.sleep(5)
+        for seed, process in list(running):
+            if process.poll() is not None:
+                running.remove((seed, process))
+                print(f"[rl_gain] seed {seed}: exit {process.returncode}", flush=True)
+                if process.returncode != 0:
+                    failed.append(seed)
+    print(summary_markdown(args, [s for s in seeds if s not in failed]))
+    if failed:
+        raise SystemExit(f"seeds {failed} failed: see their logs in {args.workdir}")
+
+
+def summary_markdown(args: argparse.Namespace, seeds: list[int]) -> str:
+    """One line a seed: the All row of its gain table, and the best baseline's All EM when evaluated."""
+    lines = ["| Seed | n | EM before RL | EM after RL | EM gain [95% CI] | F1 gain [95% CI] | best baseline EM |"]
+    lines.append("|---|---:|---:|---:|---:|---:|---|")
+    for seed in seeds:
+        cfg = load_config(args.workdir / f"seed-{seed}" / "config" / args.config.name)
+        os.chdir(args.workdir / f"seed-{seed}")
+        gains = report.rl_gain_table(cfg)
+        row = gains[gains["benchmark"] == report.ALL_BENCHMARKS].iloc[0]
+        cells = [str(seed), str(row["n"]), f"{100 * row['em_before']:.1f}", f"{100 * row['em_after']:.1f}"]
+        for metric in report.GAIN_METRICS:
+            interval = f"[{100 * row[f'{metric}_gain_lo']:.1f}, {100 * row[f'{metric}_gain_hi']:.1f}]"
+            cells.append(f"{100 * row[f'{metric}_gain']:+.1f} {interval}")
+        baselines = {
+            m: r[report.ALL_BENCHMARKS]
+            for m, r in method_em(cfg).items()
+            if m not in (report.BEFORE_RL, report.AFTER_RL)
+        }
+        best = max(baselines, key=baselines.get) if baselines else None
+        cells.append(f"{best} {100 * baselines[best]:.1f}" if best else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO_ROOT / "config" / "config.yaml")
     parser.add_argument("--workdir", type=Path, required=True, help="scratch directory (reused on a rerun)")
     parser.add_argument("--questions", type=int, default=None, help="per benchmark; default: all")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds, one experiment each (e.g. 1234,1,2,3)")
+    parser.add_argument("--jobs", type=int, default=1, help="with --seeds: experiments run at a time")
+    parser.add_argument("--baselines", action="store_true", help="also evaluate the config's baseline methods")
     args = parser.parse_args()
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    config_file = write_config(args.workdir, args.config.resolve(), parse_overrides(args.overrides), args.questions)
-    os.chdir(args.workdir)  # the config's paths are relative to the working directory, as in the DAG
-    cfg = load_config(config_file)
-    run_stages(cfg)
-    print_training_fifths(cfg)
-    print(report.rl_gain_to_markdown(report.rl_gain_table(cfg)))
+    args.workdir = args.workdir.resolve()
+    if args.seeds:
+        run_seeds(args, [int(s) for s in args.seeds.split(",") if s.strip()])
+    else:
+        run_one(args, parse_overrides(args.overrides), args.workdir)
 
 
 if __name__ == "__main__":

@@ -196,6 +196,45 @@ def test_reading_drills_are_one_hop_each_learning_only_the_model_turns(built):
         assert "Assistant:" not in tokenizer.decode(ids) and ids[-1] != tokenizer.eos_token_id
 
 
+def test_qa_drills_read_each_hop_and_the_whole_question_in_plain_text_learning_only_the_answer(built):
+    """The baselines' prompts end with `Question: …` and take the whole output as the prediction: the
+    drills teach a line break, the bare answer and EOS after such a line, nothing of the passages."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(paths.base_model_dir(built))
+    world = toyworld.build_world(built["toyworld"])
+    demo = next(d for d in toyworld.demonstrations(world, 20, seed=0) if len(d["question_decomposition"]) >= 2)
+    hops = demo["question_decomposition"]
+    results = hop_results(demo, [p.contents for p in world.passages])
+    drills = base_model.qa_drills(demo, results)
+    assert [answer for _, answer in drills] == [hop["answer"] for hop in hops] + [demo["answer"]]
+    for hop, (context, _) in zip(hops, drills, strict=False):
+        assert context == "\n\n".join(results[hop["query"]]) + f"\n\nQuestion: {hop['query']}"
+    whole = drills[-1][0]
+    assert whole.endswith(f"\n\nQuestion: {demo['question']}") and all(hop["contents"] in whole for hop in hops)
+    assert "<search>" not in whole and "\\boxed" not in whole
+    for context, answer in drills:
+        ids, labels = base_model.encode_qa_drill(tokenizer, context, answer)
+        learned = [i for i, lab in zip(ids, labels, strict=True) if lab != base_model.IGNORE]
+        assert tokenizer.decode(learned) == f"\n{answer}{tokenizer.eos_token}"
+        assert tokenizer.decode(ids[: len(ids) - len(learned)]) == context
+    # A hop whose answer was not retrieved gives no drill (it would teach guessing).
+    missing = hop_results(demo, [p.contents for p in world.passages], with_answers=False)
+    assert base_model.qa_drills(demo, missing) == []
+
+
+def test_qa_drill_fraction_puts_qa_drills_in_the_warm_up(tmp_path):
+    from research_rl.retrieval import index
+
+    cfg = small_config(tmp_path, steps=2)
+    cfg["base_model"].update(demo_fraction=0.5, drill_fraction=0.25, qa_drill_fraction=0.25)
+    write_corpus(cfg)
+    index.run(cfg, "bm25")
+    base_model.run(cfg)
+    info = json.loads((paths.base_model_dir(cfg) / "build_info.json").read_text())
+    assert info["qa_drills"] > info["demonstrations"]  # one per retrieved hop, plus the whole question
+
+
 def test_read_turn_quotes_the_first_retrieved_passage_that_holds_the_answer():
     passages = ['"Ada"\nAda was born in 1900.', '"Ada"\nAda, a poet, was born in Lumo.', '"Ada"\nAda was born in Lumo.']
     turn = base_model.read_turn("Lumo", passages)

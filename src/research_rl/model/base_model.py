@@ -180,6 +180,30 @@ def reading_drills(demo: dict[str, Any], results: dict[str, list[str]]) -> list[
     ]
 
 
+def qa_drills(demo: dict[str, Any], results: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Generic reading-comprehension examples in a neutral plain-text layout, (context, answer) pairs:
+    the retrieved passages, a question and its short answer straight after it. A pretrained LM has seen
+    such text; the stand-in, warmed up on ReSearch-format text only, otherwise meets the baselines'
+    plain "documents, Question:" prompts (evaluation/methods.py) with nothing it can read them with.
+    One drill per hop (its query over its own results) and one for the whole question over every hop's
+    results, first hop first (the answer sits in the last hop's passages)."""
+    drills = [
+        (qa_context(results[hop["query"]], hop["query"]), hop["answer"])
+        for hop in demo["question_decomposition"]
+        if any(hop["answer"] in contents for contents in results[hop["query"]])
+    ]
+    merged: list[str] = []
+    for hop in demo["question_decomposition"]:
+        merged += [contents for contents in results[hop["query"]] if contents not in merged]
+    if any(demo["answer"] in contents for contents in merged):
+        drills.append((qa_context(merged, demo["question"]), demo["answer"]))
+    return drills
+
+
+def qa_context(passages: list[str], question: str) -> str:
+    return "\n\n".join(passages) + f"\n\nQuestion: {question}"
+
+
 # ---------------------------------------------------------------------------------------- tokenizer
 
 
@@ -221,6 +245,14 @@ def encode_demonstration(
         ids.append(tokenizer.eos_token_id)
         labels.append(tokenizer.eos_token_id)
     return ids, labels
+
+
+def encode_qa_drill(tokenizer: Any, context: str, answer: str) -> tuple[list[int], list[int]]:
+    """The context carries no loss; the line break, the answer and EOS do (the model learns to answer on
+    the next line and stop, so a prompt ending in its question gets the bare answer)."""
+    ids = tokenizer.encode(context, add_special_tokens=False)
+    answer_ids = tokenizer.encode("\n" + answer, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return ids + answer_ids, [IGNORE] * len(ids) + answer_ids
 
 
 def passage_chunks(tokenizer: Any, contents: list[str]) -> list[list[int]]:
@@ -285,15 +317,24 @@ def _token_mean_loss(model: Any, groups: list[list], pad_id: int) -> torch.Tenso
 
 
 def warm_up(
-    model: Any, demos: list, chunks: list, settings: dict[str, Any], pad_id: int, seed: int, drills: list = ()
+    model: Any,
+    demos: list,
+    chunks: list,
+    settings: dict[str, Any],
+    pad_id: int,
+    seed: int,
+    drills: list = (),
+    qa: list = (),
 ) -> list[float]:
-    """AdamW with linear warm-up and cosine decay; each batch mixes demonstrations, reading drills and
-    passage chunks (`demo_fraction` of the batch demonstrations, `drill_fraction` drills, the rest chunks)."""
+    """AdamW with linear warm-up and cosine decay; each batch mixes demonstrations, reading drills,
+    plain-text QA drills and passage chunks (`demo_fraction` of the batch demonstrations, `drill_fraction`
+    reading drills, `qa_drill_fraction` QA drills, the rest chunks)."""
     steps, batch_size, lr = settings["warmup_steps"], settings["warmup_batch_size"], settings["warmup_lr"]
     rng = random.Random(f"warmup:{seed}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     n_demo = max(1, round(batch_size * settings.get("demo_fraction", DEMO_FRACTION))) if demos else 0
     n_drill = min(batch_size - n_demo, round(batch_size * settings.get("drill_fraction", 0.0))) if drills else 0
+    n_qa = min(batch_size - n_demo - n_drill, round(batch_size * settings.get("qa_drill_fraction", 0.0))) if qa else 0
     losses = []
     model.train()
     for step in range(steps):
@@ -302,8 +343,9 @@ def warm_up(
             group["lr"] = lr * scale
         demo_batch = [rng.choice(demos) for _ in range(n_demo)]
         drill_batch = [rng.choice(drills) for _ in range(n_drill)]
-        chunk_batch = [(c, c) for c in (rng.choice(chunks) for _ in range(batch_size - n_demo - n_drill))]
-        loss = _token_mean_loss(model, [demo_batch, drill_batch, chunk_batch], pad_id)
+        qa_batch = [rng.choice(qa) for _ in range(n_qa)]
+        chunk_batch = [(c, c) for c in (rng.choice(chunks) for _ in range(batch_size - n_demo - n_drill - n_qa))]
+        loss = _token_mean_loss(model, [demo_batch, drill_batch, qa_batch, chunk_batch], pad_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -345,8 +387,11 @@ def run(cfg: dict[str, Any]) -> None:
     drills = []
     if settings.get("drill_fraction", 0.0) > 0:  # only encoded when the warm-up will draw them
         drills = [encode_demonstration(tokenizer, None, drill) for d, _ in kept for drill in reading_drills(d, results)]
+    qa = []
+    if settings.get("qa_drill_fraction", 0.0) > 0:
+        qa = [encode_qa_drill(tokenizer, c, a) for d, _ in kept for c, a in qa_drills(d, results)]
     chunks = passage_chunks(tokenizer, corpus)
-    losses = warm_up(model, encoded_demos, chunks, settings, tokenizer.pad_token_id, seed, drills)
+    losses = warm_up(model, encoded_demos, chunks, settings, tokenizer.pad_token_id, seed, drills, qa)
 
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -356,6 +401,7 @@ def run(cfg: dict[str, Any]) -> None:
         "demonstrations": len(encoded_demos),
         "demonstrations_drawn": len(drawn),
         "reading_drills": len(drills),
+        "qa_drills": len(qa),
         "early_answers": n_early,
         "unboxed_answers": n_unboxed,
         "final_loss": losses[-1] if losses else None,
