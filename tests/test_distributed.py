@@ -290,15 +290,19 @@ def test_launch_train_runs_train_grpo_on_two_processes(workspace, tmp_path):
     assert (out / grpo.FINAL_DIR / "model.safetensors").is_file()
 
 
-def test_two_processes_train_resume_and_agree(workspace, tmp_path):
-    grpo_settings = dict(SHORT_DIST)
-    grpo_settings.update(max_steps=MAX_STEPS, save_steps=1, gpus_per_node=2)
-    cfg = with_grpo(workspace, tmp_path / "results", **grpo_settings)
+def _probe_run(workspace, tmp_path: Path, **settings) -> tuple[dict, Path, Path, Path]:
+    """The workspace's config with SHORT_DIST and `settings` over grpo, written to a file, and the probe
+    script around grpo.run with the folder it records into."""
+    cfg = with_grpo(workspace, tmp_path / "results", **{**SHORT_DIST, **settings})
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "_config_path"}, sort_keys=False))
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
-    probe = tmp_path / "probe"
+    return cfg, config, script, tmp_path / "probe"
+
+
+def test_two_processes_train_resume_and_agree(workspace, tmp_path):
+    cfg, config, script, probe = _probe_run(workspace, tmp_path, max_steps=MAX_STEPS, save_steps=1, gpus_per_node=2)
     out = paths.trained_model_dir(cfg, "tiny-base")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     env["PROBE_DIR"] = str(probe)
@@ -359,15 +363,10 @@ def test_two_processes_train_under_deepspeed_zero3_on_cpu(workspace, tmp_path):
     changed by the steps."""
     from safetensors.torch import load_file
 
-    grpo_settings = dict(SHORT_DIST)
     zero3 = str(REPO / "config" / "deepspeed" / "zero3.json")
-    grpo_settings.update(max_steps=2, save_steps=2, gpus_per_node=2, deepspeed=zero3)
-    cfg = with_grpo(workspace, tmp_path / "results", **grpo_settings)
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "_config_path"}, sort_keys=False))
-    script = tmp_path / "probe.py"
-    script.write_text(PROBE)
-    probe = tmp_path / "probe"
+    cfg, config, script, probe = _probe_run(
+        workspace, tmp_path, max_steps=2, save_steps=2, gpus_per_node=2, deepspeed=zero3
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     env["PROBE_DIR"] = str(probe)
     cmd = launch.accelerate_command(cfg, config, "tiny-base", env={}, port=_free_port(), program=[str(script)])

@@ -381,16 +381,11 @@ def test_dense_service_under_concurrent_load(world, dense_searcher):
 def test_snakemake_keeps_finished_shards_when_a_job_fails(tmp_path):
     """The real engine and CLI on a copy of the workflow: 150 passages in 3 embed_shard jobs, then build_index.
     A deleted shard is the only one recomputed; a failing build_index leaves every shard in place."""
-    from workflow_sandbox import BIN, COPY, SNAKEMAKE, run
+    from workflow_sandbox import BIN, SNAKEMAKE, copy_workflow, run
 
     root = tmp_path / "wf"
     root.mkdir()
-    for name in COPY:
-        source = REPO_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif source.exists():
-            shutil.copy2(source, root / name)
+    copy_workflow(root)
     write_synthetic_corpus(tmp_path / "people.jsonl", 150, seed=5)
     config_file = root / "config" / "config.yaml"
     cfg = yaml.safe_load(config_file.read_text())

@@ -66,15 +66,20 @@ def edit(path: str | Path, old: str, new: str) -> None:
     Path(path).write_text(text.replace(old, new))
 
 
-def make_sandbox(root: Path, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
-    """Copy the workflow into `root`, shrink its evaluation grid, install the stub CLI and chdir there
-    for the test (the plan names the config and source files relative to the working directory)."""
+def copy_workflow(root: Path) -> None:
+    """The workflow's files (Snakefile, rules, config, sources...) copied into `root`."""
     for name in COPY:
         source = REPO / name
         if source.is_dir():
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif source.exists():
             shutil.copy2(source, root / name)
+
+
+def make_sandbox(root: Path, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    """Copy the workflow into `root`, shrink its evaluation grid, install the stub CLI and chdir there
+    for the test (the plan names the config and source files relative to the working directory)."""
+    copy_workflow(root)
     monkeypatch.chdir(root)
     config = "config/config.yaml"
     # A smaller evaluation grid keeps the engines' runs to seconds; the DAG's shape is unchanged.
