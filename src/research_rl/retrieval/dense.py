@@ -44,7 +44,7 @@ from research_rl.retrieval.embedding import (  # noqa: F401 (shard helpers re-ex
     shard_path,
 )
 from research_rl.retrieval.encoder import Encoder, load_encoder
-from research_rl.retrieval.gpu import place_index
+from research_rl.retrieval.gpu import faiss_gpu_count, place_index
 from research_rl.retrieval.sharding import declared_passages, shard_size
 
 INDEX_NAME = "index.faiss"
@@ -68,12 +68,6 @@ def setting(dense_cfg: dict[str, Any], key: str) -> Any:
 
 
 # --------------------------------------------------------------------------- faiss indexes
-
-
-def gpu_available() -> bool:
-    import faiss
-
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
 def index_spec(dense_cfg: dict[str, Any], count: int, dimension: int) -> dict[str, Any]:
@@ -166,7 +160,7 @@ def build_faiss_index(shards: list[Path], dimension: int, dense_cfg: dict[str, A
     count = sum(np.load(path, mmap_mode="r").shape[0] for path in shards)
     spec = index_spec(dense_cfg, count, dimension)
     index = make_index(dimension, spec)
-    on_gpu = dense_cfg.get("use_gpu", False) and gpu_available() and spec["index_type"] != "hnsw"
+    on_gpu = dense_cfg.get("use_gpu", False) and faiss_gpu_count() > 0 and spec["index_type"] != "hnsw"
     if dense_cfg.get("use_gpu", False) and not on_gpu:
         print("use_gpu is set but faiss has no GPU here (or hnsw has no GPU version); building on CPU", file=sys.stderr)
     sample = _training_sample(shards, spec["ivf_train_size"]) if "ivf_train_size" in spec else None
