@@ -286,3 +286,25 @@ def test_bad_settings_fail_with_the_key_named():
     too_many["questions"]["bamboogle_test"] = 5000
     with pytest.raises(ValueError, match="bamboogle_test"):
         tw.build_world(too_many).question_sets()
+
+
+def test_musique_train_hop_weights_change_only_the_train_set():
+    settings = load_cfg()["toyworld"]
+    two_hop_heavy = copy.deepcopy(settings)
+    two_hop_heavy["musique_hop_weights"] = {"train": {2: 0.9, 3: 0.05, 4: 0.05}, "dev": {2: 0.5, 3: 0.3, 4: 0.2}}
+    even = copy.deepcopy(settings)
+    even["musique_hop_weights"] = {"train": {2: 0.5, 3: 0.3, 4: 0.2}, "dev": {2: 0.5, 3: 0.3, 4: 0.2}}
+    heavy_sets = tw.build_world(two_hop_heavy).question_sets()
+    even_sets = tw.build_world(even).question_sets()
+    heavy_train = Counter(q.hops for q in heavy_sets["musique_train"])
+    even_train = Counter(q.hops for q in even_sets["musique_train"])
+    assert heavy_train[2] / sum(heavy_train.values()) > 0.8 > even_train[2] / sum(even_train.values())
+    for name in ("bamboogle_test", "hotpotqa_dev", "2wikimultihopqa_dev", "musique_dev"):
+        assert [q.question for q in heavy_sets[name]] == [q.question for q in even_sets[name]], name
+
+
+def test_musique_hop_weights_name_a_bad_hop_count():
+    settings = copy.deepcopy(load_cfg()["toyworld"])
+    settings["musique_hop_weights"] = {"train": {5: 1.0}}
+    with pytest.raises(ValueError, match="musique_hop_weights.train"):
+        tw.build_world(settings).question_sets()

@@ -218,6 +218,8 @@ SET_MIX: dict[str, tuple[tuple[str, float], ...]] = {
     ),
 }
 SET_MIX["2wikimultihopqa_train"] = SET_MIX["2wikimultihopqa_dev"]
+# MuSiQue-Ans by hop count: dev 1252/760/405 of 2417 (the default for both splits);
+# `toyworld.musique_hop_weights` sets each split's weights.
 MUSIQUE_HOP_WEIGHTS = {2: 0.5, 3: 0.3, 4: 0.2}
 # Smaller sets are drawn first so that MuSiQue train, the largest, takes what is left; sets never share
 # a question (no train/test leakage).
@@ -690,6 +692,17 @@ class _Drawer:
         return drawn
 
 
+def musique_mix(settings: dict[str, Any], set_name: str) -> dict[str, float]:
+    """The hop-count weights of a MuSiQue set: `toyworld.musique_hop_weights.<split>`, else the dev mix."""
+    split = set_name.removeprefix("musique_")
+    weights = (settings.get("musique_hop_weights") or {}).get(split) or MUSIQUE_HOP_WEIGHTS
+    if any(str(hops) not in ("2", "3", "4") for hops in weights):
+        raise ValueError(
+            f"toyworld: toyworld.musique_hop_weights.{split} keys must be hop counts 2, 3 or 4, got {sorted(map(str, weights))}"
+        )
+    return {f"hops{int(hops)}": float(weight) for hops, weight in weights.items()}
+
+
 def build_question_sets(world: World) -> dict[str, list[Question]]:
     """All question sets named in `toyworld.questions` (plus 2Wiki train, which the zip also ships)."""
     counts = dict(world.settings["questions"])
@@ -698,10 +711,9 @@ def build_question_sets(world: World) -> dict[str, list[Question]]:
     if unknown:
         raise ValueError(f"toyworld: unknown question sets {unknown} in toyworld.questions; known: {list(SET_ORDER)}")
     drawer = _Drawer(world, random.Random(f"questions:{world.seed}"))
-    musique_mix = {f"hops{h}": w for h, w in MUSIQUE_HOP_WEIGHTS.items()}
     sets = {}
     for name in SET_ORDER:
-        mix = musique_mix if name.startswith("musique") else dict(SET_MIX[name])
+        mix = musique_mix(world.settings, name) if name.startswith("musique") else dict(SET_MIX[name])
         sets[name] = drawer.draw(name, int(counts.get(name, 0)), mix)
     return sets
 
