@@ -698,7 +698,8 @@ def musique_mix(settings: dict[str, Any], set_name: str) -> dict[str, float]:
     weights = (settings.get("musique_hop_weights") or {}).get(split) or MUSIQUE_HOP_WEIGHTS
     if any(str(hops) not in ("2", "3", "4") for hops in weights):
         raise ValueError(
-            f"toyworld: toyworld.musique_hop_weights.{split} keys must be hop counts 2, 3 or 4, got {sorted(map(str, weights))}"
+            f"toyworld: toyworld.musique_hop_weights.{split} keys must be hop counts 2, 3 or 4, "
+            f"got {sorted(map(str, weights))}"
         )
     return {f"hops{int(hops)}": float(weight) for hops, weight in weights.items()}
 
