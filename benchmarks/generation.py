@@ -129,8 +129,10 @@ def main() -> None:
         vllm = json.loads(child.stdout.strip().splitlines()[-1])
     print(f"shape {args.shape}, {args.prompts} rollouts, response budget {args.response_tokens} tokens, temperature 1")
     for name, result in (("transformers", hf), ("vllm", vllm)):
-        print(f"{name:>12}: {result['tokens']:6d} model tokens in {result['seconds']:7.2f} s = "
-              f"{result['tokens_per_s']:8.1f} tokens/s")
+        print(
+            f"{name:>12}: {result['tokens']:6d} model tokens in {result['seconds']:7.2f} s = "
+            f"{result['tokens_per_s']:8.1f} tokens/s"
+        )
     print(f"vLLM / transformers: {vllm['tokens_per_s'] / hf['tokens_per_s']:.2f}x")
 
 

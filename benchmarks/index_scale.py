@@ -178,8 +178,11 @@ def main() -> None:
         queries = np.array(data[picks]) + 0.5 * noise / np.sqrt(args.dim)
         del data
         queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True), dtype=np.float32)
-        print(f"{args.n} x {args.dim} vectors ({args.n * args.dim * 4 / 1e9:.2f} GB) generated in "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
+        print(
+            f"{args.n} x {args.dim} vectors ({args.n * args.dim * 4 / 1e9:.2f} GB) generated in "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
         start = time.perf_counter()
         truth = exact_top_k(path, args.n, args.dim, queries, args.k)
         print(f"exact top-{args.k} of {args.queries} queries in {time.perf_counter() - start:.0f} s", flush=True)
@@ -197,14 +200,18 @@ def main() -> None:
             for row in result:
                 print(f"{index_type}: {row}", flush=True)
 
-    params = (f"ivf: nlist={args.nlist}; hnsw: M={args.hnsw_m}, efConstruction={args.ef_construction}; "
-              f"faiss on {args.threads} threads")
+    params = (
+        f"ivf: nlist={args.nlist}; hnsw: M={args.hnsw_m}, efConstruction={args.ef_construction}; "
+        f"faiss on {args.threads} threads"
+    )
     print(f"\n{args.n:,} x {args.dim} clustered unit vectors, {args.queries} queries, k={args.k} ({params})\n")
     print(f"| index | faiss | search | build s | index RSS MB | peak RSS MB | queries/s | recall@{args.k} vs flat |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['index']} | {r['factory']} | {r['search']} | {r['build_s']:.1f} | {r['index_mb']:.0f} | "
-              f"{r['peak_mb']:.0f} | {r['qps']:.1f} | {r['recall']:.3f} |")
+        print(
+            f"| {r['index']} | {r['factory']} | {r['search']} | {r['build_s']:.1f} | {r['index_mb']:.0f} | "
+            f"{r['peak_mb']:.0f} | {r['qps']:.1f} | {r['recall']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

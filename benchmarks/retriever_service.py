@@ -133,8 +133,10 @@ def main() -> None:
             print(f"  resident memory of the service: {health['rss_mb']:.0f} MB")
             print(f"  wall time: launch + every process attached and searched: {seconds:.1f} s")
             attach_ms = sorted(1000 * value for value in attaches)
-            print(f"  attach to the running service (URL file, /health, fingerprint, 1 search), per process: "
-                  f"median {attach_ms[len(attach_ms) // 2]:.0f} ms, max {attach_ms[-1]:.0f} ms")
+            print(
+                f"  attach to the running service (URL file, /health, fingerprint, 1 search), per process: "
+                f"median {attach_ms[len(attach_ms) // 2]:.0f} ms, max {attach_ms[-1]:.0f} ms"
+            )
         finally:
             with contextlib.suppress(Exception):
                 run_service.stop(cfg)
