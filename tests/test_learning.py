@@ -1,9 +1,11 @@
-"""Issue 5's learning check: GRPO on the embedded default raises the reward, format rate and searches.
+"""Issue 5's learning check: GRPO on the embedded default raises the reward, format rate and answer F1.
 
 The embedded default exactly as the DAG runs it (config/config.yaml, its seed, its stages called in
 order in a scratch directory): toy world, dense index, the tiny base model, the training parquet, then
 train_grpo for grpo.max_steps. The last fifth of the steps (metrics.jsonl, the trainer's own per-step
-means) must beat the first fifth on reward, format rate and searches per rollout, each by a margin.
+means) must beat the first fifth on reward, format rate and answer F1, each by a margin. Searches per
+rollout no longer must rise (issue 20): MuSiQue's train mix is 2-hop heavy, the base model already
+searches about twice a question, and a run that answers better with as many searches is learning.
 
 Slow (~10 minutes on 2 CPUs: the base model's warm-up is most of it); the margins are about half of
 what the run measured (issue 5's note), so a machine whose floating point differs a little still passes
@@ -22,7 +24,7 @@ from research_rl.config import load_config
 from research_rl.training import grpo
 
 REPO = Path(__file__).resolve().parents[1]
-MARGINS = {"reward_mean": 0.04, "format_rate": 0.15, "searches_per_rollout": 0.1}
+MARGINS = {"reward_mean": 0.04, "format_rate": 0.15, "f1": 0.04}
 
 
 def test_fifths_average_the_first_and_last_fifth_of_the_steps():
@@ -55,7 +57,7 @@ def embedded_default_run(tmp_path_factory) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_grpo_raises_reward_format_rate_and_searches_on_the_embedded_default(embedded_default_run):
+def test_grpo_raises_reward_format_rate_and_answer_f1_on_the_embedded_default(embedded_default_run):
     rows = embedded_default_run
     cfg = load_config(REPO / "config" / "config.yaml")
     assert [row["step"] for row in rows] == list(range(1, cfg["grpo"]["max_steps"] + 1))
