@@ -9,8 +9,11 @@ keys, so a variant of the toy setting is one command:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rl_gain.py --workdir /tmp/rl_gain_a \\
         [--questions 100] [--set base_model.unboxed_answer_fraction=0.5 --set grpo.max_steps=12]
 A rerun in the same --workdir reuses every finished stage (index, base model, trained model) and resumes
-the evaluations, whatever --set says: a changed setting wants a new --workdir. About 27 minutes on one
-core at 100 questions (base model 9 min, GRPO 6 min, the 8 evaluations 7-12 min).
+the evaluations, whatever --set says: a changed setting wants a new --workdir. About 10 minutes a seed
+on one core at 40 questions (base model 6 min, GRPO 3 min, the 8 evaluations 1 min; --baselines adds
+2-3 min). Issue 20's check, the four seeds two at a time (about 25 minutes on 2 cores):
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rl_gain.py --workdir /tmp/rl_gain_seeds \
+        --seeds 1234,1,2,3 --jobs 2 --questions 40 --baselines
 
 `--seeds 1234,1,2,3` runs one such experiment per seed (the config's `seed` and `grpo.seed` set to it),
 each in WORKDIR/seed-N with its log in WORKDIR/seed-N.log, `--jobs` of them at a time (each a process of
