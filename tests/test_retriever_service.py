@@ -471,3 +471,40 @@ def test_snakemake_hooks_stop_the_run_service(tmp_path, monkeypatch):
     finally:
         service.kill()
         service.wait()
+
+
+def test_a_waiting_job_never_reads_a_half_written_launch_claim(tmp_path):
+    """A job that finds launch.json reads a whole claim: the claim appears complete (a hard link), never
+    as the empty file an exclusive create shows before its write (a waiting job failed on that)."""
+    import threading
+
+    cfg = {"paths": {"results": str(tmp_path / "results")}}
+    path = run_service.launch_file(cfg)
+    errors: list[Exception] = []
+    claims = 0
+    done = threading.Event()
+
+    def read_until_done() -> None:
+        while not done.is_set():
+            try:
+                record = run_service._read_json(path)
+            except run_service.RetrieverServiceError as error:
+                errors.append(error)
+                return
+            assert record is None or record["state"] == "launching"
+
+    reader = threading.Thread(target=read_until_done)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and not errors:
+            assert run_service._claim_launch(cfg)
+            assert not run_service._claim_launch(cfg)  # exclusive: a second claim loses
+            claims += 1
+            path.unlink()
+    finally:
+        done.set()
+        reader.join(timeout=10)
+    assert not errors, errors[0]
+    assert claims > 100
+    assert not [p for p in path.parent.iterdir() if p.name != path.name]  # no private claim files left

@@ -6,8 +6,8 @@ the first job that needs the retriever (or `research-rl retriever start`) launch
 whole run; every job, and every process of a job, then talks to it over HTTP.
 
 Files under `<results>/.retriever/` (a shared file system on a cluster):
-- `launch.json`: created exclusively (O_EXCL) by whoever launches, so concurrent jobs launch only one
-  service; names the launcher and its pid or Slurm job id.
+- `launch.json`: created exclusively (a hard link, complete when it appears) by whoever launches, so
+  concurrent jobs launch only one service; names the launcher and its pid or Slurm job id.
 - `url.json`: written atomically by the service itself once it answers (server.py `--url-file`): URL,
   host, port, pid, Slurm job id, and the fingerprint of the index it loaded. The service removes it
   when it stops.
@@ -213,15 +213,22 @@ def _launch(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _claim_launch(cfg: dict[str, Any]) -> bool:
-    """Create launch.json exclusively; False when another job already claimed the launch."""
+    """Create launch.json exclusively; False when another job already claimed the launch.
+
+    The claim is written to a private file first and hard-linked into place: the link is exclusive like
+    O_EXCL, and a job that reads launch.json never sees it empty or half written (an O_EXCL create
+    followed by a write left a window in which a waiting job read an empty file and failed)."""
     path = launch_file(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
+    claim = {"state": "launching", "hostname": socket.gethostname(), "claimed_by_pid": os.getpid()}
+    private = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{time.monotonic_ns()}")
+    private.write_text(json.dumps(claim), encoding="utf-8")
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(private, path)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"state": "launching", "hostname": socket.gethostname(), "claimed_by_pid": os.getpid()}, handle)
+    finally:
+        private.unlink(missing_ok=True)
     return True
 
 
